@@ -1,0 +1,239 @@
+"""The training loop: a student learns from a teacher (or from labels alone).
+
+Tensor-native: the split stays a uint8 tensor (on the GPU when it fits),
+batches are index slices, normalisation happens on the device. The teacher
+runs in eval mode under inference_mode; with no data augmentation its logits
+for a sample never change, so they are computed once before training instead
+of once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.data import ImageData, Normalization
+from distill.losses import WeightedLoss
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adam
+    learning_rate: float | None = None  # None: 0.05 for SGD, 1e-3 for Adam
+    weight_decay: float | None = None  # None: 5e-4 for SGD, 0 for Adam
+    lr_schedule: str = "cosine"  # cosine | constant
+    seed: int = 0
+    checkpoint_interval_steps: int = 200
+    # Clip the global gradient norm: KD's T^2-scaled loss on a confident
+    # teacher can kick a ReLU student into dead units in its first steps.
+    max_grad_norm: float = 5.0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs must be 1..10000": 1 <= self.epochs <= 10_000,
+            "batch_size must be 1..65536": 1 <= self.batch_size <= 65_536,
+            "optimizer must be sgd or adam": self.optimizer in ("sgd", "adam"),
+            "lr_schedule must be cosine or constant": self.lr_schedule in ("cosine", "constant"),
+            "learning_rate must be in (0, 10]": self.learning_rate is None or 0 < self.learning_rate <= 10,
+            "weight_decay must be in [0, 1]": self.weight_decay is None or 0 <= self.weight_decay <= 1,
+            "checkpoint_interval_steps must be >= 1": self.checkpoint_interval_steps >= 1,
+            "max_grad_norm must be in (0, 1e6]": 0 < self.max_grad_norm <= 1e6,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 0.05 if self.optimizer == "sgd" else 1e-3
+
+    @property
+    def wd(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 5e-4 if self.optimizer == "sgd" else 0.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float  # mean over the steps since the previous report
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    final_loss: float  # mean loss over the last epoch
+    wall_seconds: float
+
+
+ProgressFn = Callable[[Progress], None]
+CheckpointFn = Callable[[dict[str, Any]], None]
+
+# Teacher logits are cached when they take at most this much memory.
+_LOGIT_CACHE_BYTES = 1 << 30
+# Splits up to this size move to the GPU whole.
+_DEVICE_DATA_BYTES = 2 << 30
+
+
+def predict_logits(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    data: ImageData,
+    normalization: Normalization,
+    device: str = "cpu",
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Logits for every sample, in order, as float32 on the CPU."""
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            x = normalization.apply(data.images[start : start + batch_size].to(device, non_blocking=True))
+            with _autocast(device):
+                outputs.append(model(x).float().cpu())
+    return torch.cat(outputs)
+
+
+def distil(
+    student: nn.Module,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None,
+    loss_fn: WeightedLoss,
+    train: ImageData,
+    normalization: Normalization,
+    config: TrainConfig,
+    on_progress: ProgressFn | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+    resume_from: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``student`` in place; returns when the step budget is spent."""
+    if loss_fn.needs_teacher and teacher is None:
+        raise ValueError(f"{loss_fn} needs a teacher")
+    device = config.device
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    student.to(device).train()
+    if device.startswith("cuda"):
+        student.to(memory_format=torch.channels_last)
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = _optimizer(student, config)
+    schedule = _schedule(optimizer, config, total_steps)
+
+    images, labels = train.images, train.labels
+    if device != "cpu" and images.numel() <= _DEVICE_DATA_BYTES:
+        images, labels = images.to(device), labels.to(device)
+    teacher_logits = None
+    if teacher is not None and len(train) * 4 * _num_outputs(student, train, device) <= _LOGIT_CACHE_BYTES:
+        teacher_logits = predict_logits(teacher, train, normalization, device).to(images.device)
+
+    step = 0
+    if resume_from is not None:
+        student.load_state_dict(resume_from["student"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        schedule.load_state_dict(resume_from["schedule"])
+        step = int(resume_from["step"])
+
+    window_loss, window_steps, last_report = 0.0, 0, time.perf_counter()
+    epoch_loss, final_loss = 0.0, math.nan
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        order = order.to(images.device)
+        epoch_loss = 0.0
+        for batch_start in range(offset * config.batch_size, len(train), config.batch_size):
+            index = order[batch_start : batch_start + config.batch_size]
+            x = normalization.apply(images[index].to(device, non_blocking=True))
+            y = labels[index].to(device, non_blocking=True)
+            if device.startswith("cuda"):
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                if teacher_logits is not None:
+                    t_logits = teacher_logits[index].to(device, non_blocking=True)
+                elif teacher is not None:
+                    with torch.inference_mode():
+                        t_logits = teacher(x).clone()
+                else:
+                    t_logits = None
+                loss = loss_fn(student(x), t_logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            step += 1
+
+            step_loss = float(loss.detach())  # one sync per step; cheap next to the step itself
+            epoch_loss += step_loss
+            window_loss += step_loss
+            window_steps += 1
+            if not math.isfinite(window_loss):
+                raise TrainingDivergedError(f"loss became {window_loss} at step {step}; lower the learning rate")
+            now = time.perf_counter()
+            if on_progress and (now - last_report >= 0.5 or step == total_steps):
+                on_progress(Progress(step, total_steps, epoch, window_loss / window_steps))
+                window_loss, window_steps, last_report = 0.0, 0, now
+            if on_checkpoint and step % config.checkpoint_interval_steps == 0 and step < total_steps:
+                on_checkpoint(
+                    {
+                        "step": step,
+                        "student": student.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                    }
+                )
+        final_loss = epoch_loss / max(1, steps_per_epoch - offset)
+    student.eval()
+    return TrainResult(steps=total_steps, final_loss=final_loss, wall_seconds=time.perf_counter() - started)
+
+
+def _autocast(device: str) -> torch.autocast:
+    # bf16 on CUDA: the tensor-core speed of fp16 without a loss scaler.
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _num_outputs(model: nn.Module, data: ImageData, device: str) -> int:
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        n = model(torch.zeros(1, *data.input_shape, device=device)).shape[-1]
+    model.train(was_training)
+    return int(n)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm parameters (standard practice; it
+    # only shrinks them without regularising anything).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.wd}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )

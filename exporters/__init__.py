@@ -1,0 +1,1 @@
+"""ONNX export of students, validation against PyTorch, onnxruntime sessions."""

@@ -1,0 +1,579 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_FORMAT_UNSPECIFIED: _ClassVar[ModelFormat]
+    MODEL_FORMAT_TORCHSCRIPT: _ClassVar[ModelFormat]
+    MODEL_FORMAT_EXPORTED_PROGRAM: _ClassVar[ModelFormat]
+    MODEL_FORMAT_STATE_DICT: _ClassVar[ModelFormat]
+
+class Device(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_UNSPECIFIED: _ClassVar[Device]
+    DEVICE_CPU: _ClassVar[Device]
+    DEVICE_CUDA: _ClassVar[Device]
+
+class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPTIMIZER_UNSPECIFIED: _ClassVar[Optimizer]
+    OPTIMIZER_SGD: _ClassVar[Optimizer]
+    OPTIMIZER_ADAM: _ClassVar[Optimizer]
+
+class LrSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LR_SCHEDULE_UNSPECIFIED: _ClassVar[LrSchedule]
+    LR_SCHEDULE_COSINE: _ClassVar[LrSchedule]
+    LR_SCHEDULE_CONSTANT: _ClassVar[LrSchedule]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+MODEL_FORMAT_UNSPECIFIED: ModelFormat
+MODEL_FORMAT_TORCHSCRIPT: ModelFormat
+MODEL_FORMAT_EXPORTED_PROGRAM: ModelFormat
+MODEL_FORMAT_STATE_DICT: ModelFormat
+DEVICE_UNSPECIFIED: Device
+DEVICE_CPU: Device
+DEVICE_CUDA: Device
+OPTIMIZER_UNSPECIFIED: Optimizer
+OPTIMIZER_SGD: Optimizer
+OPTIMIZER_ADAM: Optimizer
+LR_SCHEDULE_UNSPECIFIED: LrSchedule
+LR_SCHEDULE_COSINE: LrSchedule
+LR_SCHEDULE_CONSTANT: LrSchedule
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
+
+class UploadModelHeader(_message.Message):
+    __slots__ = ("name", "format", "architecture", "sha256", "size_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    format: ModelFormat
+    architecture: str
+    sha256: str
+    size_bytes: int
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., architecture: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadModelRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadModelHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadModelHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("id", "name", "format", "architecture", "sha256", "size_bytes", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    format: ModelFormat
+    architecture: str
+    sha256: str
+    size_bytes: int
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., architecture: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UploadModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class JobSpec(_message.Message):
+    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name")
+    TEACHER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    teacher_model_id: str
+    student: StudentSpec
+    dataset: DatasetSpec
+    losses: _containers.RepeatedCompositeFieldContainer[LossTerm]
+    training: TrainingSpec
+    export: ExportSpec
+    benchmark: BenchmarkSpec
+    device: Device
+    display_name: str
+    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ...) -> None: ...
+
+class StudentSpec(_message.Message):
+    __slots__ = ("architecture",)
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    architecture: str
+    def __init__(self, architecture: _Optional[str] = ...) -> None: ...
+
+class DatasetSpec(_message.Message):
+    __slots__ = ("torchvision", "image_folder", "generated", "max_train_samples", "max_val_samples", "mean", "std")
+    TORCHVISION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FOLDER_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    torchvision: TorchvisionDataset
+    image_folder: ImageFolderDataset
+    generated: GeneratedDataset
+    max_train_samples: int
+    max_val_samples: int
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, torchvision: _Optional[_Union[TorchvisionDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., generated: _Optional[_Union[GeneratedDataset, _Mapping]] = ..., max_train_samples: _Optional[int] = ..., max_val_samples: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class TorchvisionDataset(_message.Message):
+    __slots__ = ("name", "root", "download")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    root: str
+    download: bool
+    def __init__(self, name: _Optional[str] = ..., root: _Optional[str] = ..., download: _Optional[bool] = ...) -> None: ...
+
+class ImageFolderDataset(_message.Message):
+    __slots__ = ("train_dir", "val_dir", "image_size", "channels")
+    TRAIN_DIR_FIELD_NUMBER: _ClassVar[int]
+    VAL_DIR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    train_dir: str
+    val_dir: str
+    image_size: int
+    channels: int
+    def __init__(self, train_dir: _Optional[str] = ..., val_dir: _Optional[str] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
+
+class GeneratedDataset(_message.Message):
+    __slots__ = ("num_classes", "image_size", "channels", "train_size", "val_size", "seed")
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    num_classes: int
+    image_size: int
+    channels: int
+    train_size: int
+    val_size: int
+    seed: int
+    def __init__(self, num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., train_size: _Optional[int] = ..., val_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class LossTerm(_message.Message):
+    __slots__ = ("weight", "kd")
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KD_FIELD_NUMBER: _ClassVar[int]
+    weight: float
+    kd: KnowledgeDistillation
+    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ...) -> None: ...
+
+class KnowledgeDistillation(_message.Message):
+    __slots__ = ("temperature", "alpha")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    alpha: float
+    def __init__(self, temperature: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class TrainingSpec(_message.Message):
+    __slots__ = ("epochs", "batch_size", "optimizer", "learning_rate", "weight_decay", "lr_schedule", "seed", "checkpoint_interval_steps", "max_grad_norm")
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    LR_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    epochs: int
+    batch_size: int
+    optimizer: Optimizer
+    learning_rate: float
+    weight_decay: float
+    lr_schedule: LrSchedule
+    seed: int
+    checkpoint_interval_steps: int
+    max_grad_norm: float
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., seed: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
+
+class ExportSpec(_message.Message):
+    __slots__ = ("opset", "parity_tolerance")
+    OPSET_FIELD_NUMBER: _ClassVar[int]
+    PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    opset: int
+    parity_tolerance: float
+    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ...) -> None: ...
+
+class BenchmarkSpec(_message.Message):
+    __slots__ = ("batch_sizes", "warmup_runs", "min_runs", "min_seconds", "num_threads")
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    MIN_RUNS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
+    batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    warmup_runs: int
+    min_runs: int
+    min_seconds: float
+    num_threads: int
+    def __init__(self, batch_sizes: _Optional[_Iterable[int]] = ..., warmup_runs: _Optional[int] = ..., min_runs: _Optional[int] = ..., min_seconds: _Optional[float] = ..., num_threads: _Optional[int] = ...) -> None: ...
+
+class JobError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Artifact(_message.Message):
+    __slots__ = ("name", "sha256", "size_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    size_bytes: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "request_id", "spec", "state", "stage", "progress", "error", "artifacts", "create_time", "start_time", "end_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request_id: str
+    spec: JobSpec
+    state: JobState
+    stage: str
+    progress: float
+    error: JobError
+    artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[str] = ..., progress: _Optional[float] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("sequence", "time", "state", "stage", "progress", "step", "total_steps", "loss", "metrics", "message")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    time: _timestamp_pb2.Timestamp
+    state: JobState
+    stage: str
+    progress: float
+    step: int
+    total_steps: int
+    loss: float
+    metrics: _containers.ScalarMap[str, float]
+    message: str
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[str] = ..., progress: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CreateJobRequest(_message.Message):
+    __slots__ = ("spec", "request_id")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    request_id: str
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CreateJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "state")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    state: JobState
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id", "after_sequence")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    after_sequence: int
+    def __init__(self, job_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+
+class WatchJobResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: JobEvent
+    def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
+
+class Report(_message.Message):
+    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    create_time: _timestamp_pb2.Timestamp
+    summary: str
+    teacher: ModelCard
+    student: ModelCard
+    variants: _containers.RepeatedCompositeFieldContainer[Variant]
+    training: TrainingSummary
+    export: ExportSummary
+    environment: Environment
+    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ...) -> None: ...
+
+class ModelCard(_message.Message):
+    __slots__ = ("architecture", "parameters", "macs", "num_classes", "input_shape")
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MACS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    architecture: str
+    parameters: int
+    macs: int
+    num_classes: int
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Variant(_message.Message):
+    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    runtime: str
+    precision: str
+    accuracy: Accuracy
+    file_size_bytes: int
+    latency: _containers.RepeatedCompositeFieldContainer[Latency]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ...) -> None: ...
+
+class Accuracy(_message.Message):
+    __slots__ = ("samples", "top1", "top5", "agreement_with_teacher")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TOP1_FIELD_NUMBER: _ClassVar[int]
+    TOP5_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_WITH_TEACHER_FIELD_NUMBER: _ClassVar[int]
+    samples: int
+    top1: float
+    top5: float
+    agreement_with_teacher: float
+    def __init__(self, samples: _Optional[int] = ..., top1: _Optional[float] = ..., top5: _Optional[float] = ..., agreement_with_teacher: _Optional[float] = ...) -> None: ...
+
+class Latency(_message.Message):
+    __slots__ = ("batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "throughput_per_s")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P90_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MS_FIELD_NUMBER: _ClassVar[int]
+    STDEV_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    stdev_ms: float
+    throughput_per_s: float
+    def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ...) -> None: ...
+
+class TrainingSummary(_message.Message):
+    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    epochs: int
+    steps: int
+    final_loss: float
+    wall_seconds: float
+    device: str
+    train_samples: int
+    val_samples: int
+    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ...) -> None: ...
+
+class ExportSummary(_message.Message):
+    __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples")
+    OPSET_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_FIELD_NUMBER: _ClassVar[int]
+    PARITY_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    PARITY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    opset: int
+    exporter: str
+    parity_max_abs_diff: float
+    parity_tolerance: float
+    parity_samples: int
+    def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ...) -> None: ...
+
+class Environment(_message.Message):
+    __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers")
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ONNX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    cpu: str
+    cpu_cores: int
+    num_threads: int
+    gpu: str
+    torch_version: str
+    onnxruntime_version: str
+    onnx_version: str
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., num_threads: _Optional[int] = ..., gpu: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., onnx_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetReportRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetReportResponse(_message.Message):
+    __slots__ = ("report",)
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    report: Report
+    def __init__(self, report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+
+class DownloadArtifactRequest(_message.Message):
+    __slots__ = ("job_id", "name")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DownloadArtifactResponse(_message.Message):
+    __slots__ = ("artifact", "chunk")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    artifact: Artifact
+    chunk: bytes
+    def __init__(self, artifact: _Optional[_Union[Artifact, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...

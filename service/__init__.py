@@ -1,0 +1,1 @@
+"""The gRPC service: server, job store, worker supervisor, CLI client."""

@@ -1,0 +1,270 @@
+"""``distillery``: run the server, or talk to one.
+
+Every command but ``serve`` is a gRPC client; none reaches into the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import grpc
+import yaml
+from google.protobuf import json_format
+
+from protos.distillery.v1 import distillery_pb2 as pb
+
+DEFAULT_ADDRESS = os.environ.get("DISTILLERY_ADDRESS", "localhost:50051")
+
+
+def _client(args: argparse.Namespace):
+    from service.client import Client
+
+    return Client(args.address)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.config import ServerConfig
+    from service.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        data_dir=args.data_dir,
+        port=args.port,
+        host=args.host,
+        data_roots=tuple(args.data_root or ()),
+        max_concurrent_jobs=args.max_concurrent_jobs,
+        max_queued_jobs=args.max_queued_jobs,
+        max_upload_bytes=args.max_upload_bytes,
+        worker_threads=args.worker_threads,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    fmt = pb.ModelFormat.Value(f"MODEL_FORMAT_{args.format.upper()}") if args.format else 0
+    with _client(args) as client:
+        model = client.upload(Path(args.path), args.name, args.architecture, fmt)
+    print(f"uploaded {model.id} ({pb.ModelFormat.Name(model.format)}, {model.size_bytes} bytes)", file=sys.stderr)
+    print(model.id)
+    return 0
+
+
+def build_spec(args: argparse.Namespace) -> pb.JobSpec:
+    """A JobSpec from a YAML/JSON file, then the flags on top of it."""
+    spec = pb.JobSpec()
+    if args.spec:
+        text = Path(args.spec).read_text()
+        try:
+            json_format.ParseDict(yaml.safe_load(text) or {}, spec)
+        except (json_format.ParseError, yaml.YAMLError) as e:
+            raise SystemExit(f"error: {args.spec} is not a valid job spec: {e}") from e
+    if args.teacher:
+        spec.teacher_model_id = args.teacher
+    if args.student:
+        spec.student.architecture = args.student
+    if args.dataset == "generated":
+        spec.dataset.generated.SetInParent()
+    elif args.dataset:
+        spec.dataset.torchvision.name = args.dataset
+        spec.dataset.torchvision.root = args.data_path or args.dataset
+    for field, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("learning_rate", args.lr)):
+        if value is not None:
+            setattr(spec.training, field, value)
+    if args.temperature is not None or args.alpha is not None:
+        if not spec.losses:
+            spec.losses.add(kd=pb.KnowledgeDistillation())
+        kd = spec.losses[0].kd
+        kd.temperature = args.temperature if args.temperature is not None else kd.temperature
+        kd.alpha = args.alpha if args.alpha is not None else kd.alpha
+    if args.device:
+        spec.device = pb.Device.Value(f"DEVICE_{args.device.upper()}")
+    return spec
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    with _client(args) as client:
+        job = client.create_job(spec, args.request_id or uuid.uuid4().hex)
+        print(job.id)
+        if not args.wait:
+            return 0
+        job = client.wait(job.id, ProgressBar().update)
+    return _print_outcome(job)
+
+
+def _print_outcome(job: pb.Job) -> int:
+    state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    if job.state == pb.JOB_STATE_SUCCEEDED:
+        print(f"job {job.id} {state}", file=sys.stderr)
+        return 0
+    print(f"job {job.id} {state}: {job.error.message}", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.job_id)
+    print(json_format.MessageToJson(job, preserving_proto_field_name=True))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    state = pb.JobState.Value(f"JOB_STATE_{args.state.upper()}") if args.state else 0
+    with _client(args) as client:
+        for job in client.list_jobs(state):
+            name = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
+            print(f"{job.id}  {name:<10} {job.stage:<14} {100 * job.progress:5.1f}%  {job.spec.display_name}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job_id)
+    print(f"{job.id} {pb.JobState.Name(job.state).removeprefix('JOB_STATE_')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from service.report import to_markdown
+
+    with _client(args) as client:
+        report = client.report(args.job_id)
+    if args.format == "json":
+        print(json_format.MessageToJson(report, preserving_proto_field_name=True))
+    else:
+        print(to_markdown(report))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    with _client(args) as client:
+        names = args.names or [a.name for a in client.get_job(args.job_id).artifacts]
+        if len(names) > 1 or not args.names:
+            out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            print(client.download(args.job_id, name, out))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(Path(args.output))
+
+
+class ProgressBar:
+    """One line on stderr, redrawn per event: stage, bar, percent, step and loss."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.interactive = sys.stderr.isatty()
+        self.last_stage = ""
+
+    def update(self, event: pb.JobEvent) -> None:
+        filled = round(self.width * event.progress)
+        bar = "#" * filled + "-" * (self.width - filled)
+        detail = f" step {event.step}/{event.total_steps} loss {event.loss:.4f}" if event.total_steps else ""
+        line = f"{event.stage or pb.JobState.Name(event.state).removeprefix('JOB_STATE_').lower():<13} [{bar}] {100 * event.progress:5.1f}%{detail}"
+        if self.interactive:
+            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+            if event.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
+                print(file=sys.stderr)
+        elif event.stage != self.last_stage or event.state != pb.JOB_STATE_RUNNING:
+            print(line, file=sys.stderr, flush=True)  # logs: one line per stage, not per step
+        self.last_stage = event.stage
+
+
+# -------------------------------------------------------------------- main
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distillery", description=__doc__)
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help="server address (env DISTILLERY_ADDRESS)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--data-dir", required=True, type=Path, help="database, artifacts, checkpoints, logs")
+    s.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    s.add_argument("--host", default="[::]")
+    s.add_argument("--data-root", action="append", type=Path, help="where dataset paths may point (repeatable); default DATA_DIR/datasets")
+    s.add_argument("--max-concurrent-jobs", type=int, default=1)
+    s.add_argument("--max-queued-jobs", type=int, default=100)
+    s.add_argument("--max-upload-bytes", type=int, default=2 << 30)
+    s.add_argument("--worker-threads", type=int, default=0, help="intra-op threads per job; 0: cores / concurrent jobs")
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("upload", help="upload a teacher; prints its model id")
+    s.add_argument("path")
+    s.add_argument("--name", default="")
+    s.add_argument("--architecture", default="", help="registry name; required for a state_dict")
+    s.add_argument("--format", choices=["torchscript", "exported_program", "state_dict"], help="default: detected")
+    s.set_defaults(fn=cmd_upload)
+
+    s = sub.add_parser("submit", help="create a job from a spec file and/or flags; prints its id")
+    s.add_argument("spec", nargs="?", help="job spec, YAML or JSON (see README)")
+    s.add_argument("--teacher", help="teacher model id")
+    s.add_argument("--student", help="student architecture")
+    s.add_argument("--dataset", help="generated, or a torchvision name (MNIST, CIFAR10, ...)")
+    s.add_argument("--data-path", help="dataset root, relative to the server's data root")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--alpha", type=float)
+    s.add_argument("--device", choices=["cpu", "cuda"])
+    s.add_argument("--request-id", help="idempotency key (default: random)")
+    s.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("status", help="a job, as JSON")
+    s.add_argument("job_id")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("list", help="jobs, newest first")
+    s.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("cancel", help="cancel a queued or running job")
+    s.add_argument("job_id")
+    s.set_defaults(fn=cmd_cancel)
+
+    s = sub.add_parser("report", help="a finished job's report")
+    s.add_argument("job_id")
+    s.add_argument("--format", choices=["md", "json"], default="md")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("download", help="download artifacts (all when none are named)")
+    s.add_argument("job_id")
+    s.add_argument("names", nargs="*")
+    s.add_argument("-o", "--output", default=".")
+    s.set_defaults(fn=cmd_download)
+
+    s = sub.add_parser("demo", help="train a teacher, distil it through a real server, print the report")
+    s.add_argument("-o", "--output", default="demo-output")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""A synchronous client of DistillationService, for the CLI, the demo and pipelines."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+
+from protos.distillery.v1 import distillery_pb2 as pb
+from protos.distillery.v1 import distillery_pb2_grpc as pb_grpc
+from service.store import TERMINAL_STATES
+
+CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Client:
+    def __init__(self, address: str, timeout: float = 60.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.DistillationServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def upload(self, path: Path, name: str = "", architecture: str = "", model_format: int = 0) -> pb.Model:
+        """Stream a model file to the server (header first, then 1 MiB chunks)."""
+        header = pb.UploadModelHeader(
+            name=name or path.name,
+            format=model_format,
+            architecture=architecture,
+            sha256=file_sha256(path),
+            size_bytes=path.stat().st_size,
+        )
+
+        def messages() -> Iterator[pb.UploadModelRequest]:
+            yield pb.UploadModelRequest(header=header)
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    yield pb.UploadModelRequest(chunk=chunk)
+
+        return self.stub.UploadModel(messages(), timeout=self.timeout).model
+
+    def create_job(self, spec: pb.JobSpec, request_id: str = "") -> pb.Job:
+        return self.stub.CreateJob(pb.CreateJobRequest(spec=spec, request_id=request_id), timeout=self.timeout).job
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    def list_jobs(self, state: int = 0, page_size: int = 50) -> Iterator[pb.Job]:
+        token = ""
+        while True:
+            response = self.stub.ListJobs(
+                pb.ListJobsRequest(page_size=page_size, page_token=token, state=state), timeout=self.timeout
+            )
+            yield from response.jobs
+            token = response.next_page_token
+            if not token:
+                return
+
+    def cancel(self, job_id: str) -> pb.Job:
+        return self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.JobEvent]:
+        for response in self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_sequence=after_sequence)):
+            yield response.event
+
+    def wait(self, job_id: str, on_event: Callable[[pb.JobEvent], None] | None = None) -> pb.Job:
+        """Follow the job's events until it ends (re-attaching if the stream drops); returns the final job."""
+        after = 0
+        while True:
+            try:
+                for event in self.watch(job_id, after):
+                    after = event.sequence
+                    if on_event:
+                        on_event(event)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            job = self.get_job(job_id)
+            if job.state in TERMINAL_STATES:
+                return job
+
+    def report(self, job_id: str) -> pb.Report:
+        return self.stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=self.timeout).report
+
+    def download(self, job_id: str, name: str, destination: Path) -> Path:
+        """Stream an artifact to ``destination`` (a file, or a directory to put it in); checks its sha256."""
+        if destination.is_dir():
+            destination = destination / name
+        digest, artifact = hashlib.sha256(), None
+        tmp = destination.with_name(destination.name + ".part")
+        with open(tmp, "wb") as f:
+            for response in self.stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job_id, name=name)):
+                if response.WhichOneof("payload") == "artifact":
+                    artifact = response.artifact
+                else:
+                    digest.update(response.chunk)
+                    f.write(response.chunk)
+        if artifact is None or digest.hexdigest() != artifact.sha256:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"download of {name} is corrupt (sha256 mismatch)")
+        tmp.replace(destination)
+        return destination

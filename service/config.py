@@ -1,0 +1,62 @@
+"""Server settings, with defaults a single-box deployment can run on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    port: int = 50051
+    host: str = "[::]"
+    # Roots that dataset paths must resolve inside; default: <data_dir>/datasets.
+    data_roots: tuple[Path, ...] = ()
+    max_concurrent_jobs: int = 1
+    max_queued_jobs: int = 100
+    max_upload_bytes: int = 2 << 30
+    # Messages are small: big payloads stream in chunks of this size.
+    chunk_bytes: int = 1 << 20
+    max_message_bytes: int = 8 << 20
+    # Intra-op threads of each worker; 0 = all cores divided among running jobs.
+    worker_threads: int = 0
+    poll_interval_s: float = 0.2
+    extra_worker_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+        roots = self.data_roots or (self.data_dir / "datasets",)
+        object.__setattr__(self, "data_roots", tuple(Path(r).resolve() for r in roots))
+        if self.max_concurrent_jobs < 1:
+            raise ValueError("max_concurrent_jobs must be at least 1")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "distillery.db"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    def threads_per_worker(self) -> int:
+        if self.worker_threads > 0:
+            return self.worker_threads
+        return max(1, (os.cpu_count() or 1) // self.max_concurrent_jobs)
+
+    def make_dirs(self) -> None:
+        for d in (self.data_dir, self.blobs_dir, self.checkpoints_dir, self.logs_dir, self.tmp_dir, *self.data_roots):
+            d.mkdir(parents=True, exist_ok=True)

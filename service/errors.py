@@ -1,0 +1,71 @@
+"""Service exceptions and the one table that maps errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from distill.loading import ModelFileError
+from distill.models import UnknownArchitectureError
+from distill.trainer import TrainingDivergedError
+from exporters.onnx_export import ExportError, ParityError
+
+
+class ServiceError(Exception):
+    """An error with a status code a client can act on."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+# Engine errors caused by what the user sent, and the code a job that hits them ends with.
+_CODE_BY_TYPE: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (ServiceError, grpc.StatusCode.INTERNAL),  # replaced by the instance's own code below
+    (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownArchitectureError, grpc.StatusCode.INVALID_ARGUMENT),
+    (FileNotFoundError, grpc.StatusCode.INVALID_ARGUMENT),
+    (TrainingDivergedError, grpc.StatusCode.ABORTED),
+    (ParityError, grpc.StatusCode.INTERNAL),
+    (ExportError, grpc.StatusCode.INTERNAL),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+]
+
+
+def status_code(error: BaseException) -> grpc.StatusCode:
+    """The status code for an error raised while serving a request or running a job."""
+    if isinstance(error, ServiceError):
+        return error.code
+    for error_type, code in _CODE_BY_TYPE:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def describe(error: BaseException) -> str:
+    """A readable one-line message: the error's own text for known errors, type and text otherwise."""
+    if status_code(error) != grpc.StatusCode.INTERNAL or isinstance(error, (ParityError, ExportError)):
+        return str(error)
+    return f"internal error ({type(error).__name__}): {error}"

@@ -1,0 +1,257 @@
+"""DistillationService RPCs: each translates a request into store and supervisor calls.
+
+No training or export logic lives here. Errors are ServiceError subclasses
+that carry their status code; anything else is logged and returned as
+INTERNAL with a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import torch
+from google.protobuf import json_format
+
+from distill import loading, models
+from protos.distillery.v1 import distillery_pb2 as pb
+from protos.distillery.v1 import distillery_pb2_grpc as pb_grpc
+from service import specs
+from service.artifacts import BlobStore
+from service.config import ServerConfig
+from service.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+    describe,
+)
+from service.store import TERMINAL_STATES, Store
+from service.supervisor import Supervisor
+
+log = logging.getLogger("distillery.servicer")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FORMAT_BY_NAME = {
+    loading.TORCHSCRIPT: pb.MODEL_FORMAT_TORCHSCRIPT,
+    loading.EXPORTED_PROGRAM: pb.MODEL_FORMAT_EXPORTED_PROGRAM,
+    loading.STATE_DICT: pb.MODEL_FORMAT_STATE_DICT,
+}
+MAX_PAGE_SIZE = 500
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    if isinstance(error, ServiceError):
+        await context.abort(error.code, str(error))
+    log.exception("unexpected error")
+    await context.abort(grpc.StatusCode.INTERNAL, describe(error))
+
+
+def unary(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as e:  # mapped to a status code in one place
+            await _abort(context, e)
+
+    return wrapper
+
+
+def streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except Exception as e:
+            await _abort(context, e)
+
+    return wrapper
+
+
+class DistillationServicer(pb_grpc.DistillationServiceServicer):
+    def __init__(self, config: ServerConfig, store: Store, supervisor: Supervisor) -> None:
+        self.config = config
+        self.store = store
+        self.supervisor = supervisor
+        self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
+        self.cuda_available = torch.cuda.is_available()
+
+    # ------------------------------------------------------------- models
+
+    @unary
+    async def UploadModel(self, request_iterator: AsyncIterator[pb.UploadModelRequest], context: Any) -> pb.UploadModelResponse:
+        header: pb.UploadModelHeader | None = None
+        writer = None
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("payload")
+                if header is None:
+                    if kind != "header":
+                        raise InvalidArgument("the first UploadModel message must carry the header")
+                    header = self._check_upload_header(message.header)
+                    writer = self.blobs.writer()
+                elif kind == "chunk":
+                    if writer.size + len(message.chunk) > header.size_bytes:
+                        raise InvalidArgument(f"received more bytes than the header's size_bytes ({header.size_bytes})")
+                    writer.write(message.chunk)
+                else:
+                    raise InvalidArgument("the header must be sent once, in the first message")
+            if header is None or writer is None:
+                raise InvalidArgument("empty upload: send a header, then the file in chunks")
+            if writer.size != header.size_bytes:
+                raise InvalidArgument(f"received {writer.size} bytes, the header declared {header.size_bytes}")
+            if writer.hash.hexdigest() != header.sha256:
+                raise InvalidArgument(
+                    f"sha256 mismatch: the bytes hash to {writer.hash.hexdigest()}, the header says {header.sha256}"
+                )
+            try:
+                detected = _FORMAT_BY_NAME[loading.detect_format(writer.staged_path())]
+            except loading.ModelFileError as e:
+                raise InvalidArgument(str(e)) from e
+            if header.format and header.format != detected:
+                raise InvalidArgument(
+                    f"the header says {pb.ModelFormat.Name(header.format)}, the file is {pb.ModelFormat.Name(detected)}"
+                )
+            if detected == pb.MODEL_FORMAT_STATE_DICT and not header.architecture:
+                raise InvalidArgument(
+                    f"a state_dict needs an architecture name; known: {', '.join(models.architectures())}"
+                )
+            sha, size = writer.commit()
+            writer = None
+        finally:
+            if writer is not None:
+                writer.discard()
+        model_id = "m-" + hashlib.sha256(f"{sha}:{header.architecture}".encode()).hexdigest()[:16]
+        model = self.store.put_model(
+            pb.Model(
+                id=model_id,
+                name=header.name,
+                format=detected,
+                architecture=header.architecture,
+                sha256=sha,
+                size_bytes=size,
+            )
+        )
+        log.info("model %s uploaded (%s, %d bytes)", model.id, pb.ModelFormat.Name(detected), size)
+        return pb.UploadModelResponse(model=model)
+
+    def _check_upload_header(self, header: pb.UploadModelHeader) -> pb.UploadModelHeader:
+        if header.size_bytes <= 0:
+            raise InvalidArgument("header.size_bytes must be positive")
+        if header.size_bytes > self.config.max_upload_bytes:
+            raise ResourceExhausted(
+                f"the model is {header.size_bytes} bytes; this server accepts at most "
+                f"{self.config.max_upload_bytes} (--max-upload-bytes)"
+            )
+        if not _SHA256.match(header.sha256):
+            raise InvalidArgument("header.sha256 must be 64 lowercase hex digits")
+        if header.format not in pb.ModelFormat.values():
+            raise InvalidArgument(f"unknown header.format {header.format}")
+        if header.architecture and header.architecture not in models.architectures():
+            raise InvalidArgument(
+                f"unknown architecture {header.architecture!r}; known: {', '.join(models.architectures())}"
+            )
+        if len(header.name) > 256:
+            raise InvalidArgument("header.name is longer than 256 characters")
+        return header
+
+    @unary
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.GetModelResponse:
+        model = self.store.get_model(request.model_id)
+        if model is None:
+            raise NotFound(f"model {request.model_id!r} not found")
+        return pb.GetModelResponse(model=model)
+
+    # --------------------------------------------------------------- jobs
+
+    def _job(self, job_id: str) -> pb.Job:
+        job = self.store.get_job(job_id) if job_id else None
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    @unary
+    async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.CreateJobResponse:
+        if len(request.request_id) > 128:
+            raise InvalidArgument("request_id is longer than 128 characters")
+        if not self.supervisor.accepting:
+            raise Unavailable("the server is shutting down; retry on another replica or after the restart")
+        specs.plan(request.spec, self.config.data_roots, self.cuda_available)
+        if self.store.get_model(request.spec.teacher_model_id) is None:
+            raise NotFound(f"teacher model {request.spec.teacher_model_id!r} not found; upload it first")
+        try:
+            job, created = self.store.create_job(request.spec, request.request_id, self.config.max_queued_jobs)
+        except OverflowError as e:
+            raise ResourceExhausted(f"{e} (--max-queued-jobs)") from e
+        if not created and job.spec != request.spec:
+            raise AlreadyExists(f"request_id {request.request_id!r} was used for job {job.id} with a different spec")
+        return pb.CreateJobResponse(job=job)
+
+    @unary
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
+        return pb.GetJobResponse(job=self._job(request.job_id))
+
+    @unary
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        if request.state not in pb.JobState.values():
+            raise InvalidArgument(f"unknown state {request.state}")
+        page_size = min(request.page_size or 50, MAX_PAGE_SIZE)
+        try:
+            jobs, token = self.store.list_jobs(page_size, request.page_token, request.state)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from e
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    @unary
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
+        job = self._job(request.job_id)
+        if not await self.supervisor.cancel(job.id):
+            state = pb.JobState.Name(self._job(job.id).state)
+            raise FailedPrecondition(f"job {job.id} has already ended ({state})")
+        return pb.CancelJobResponse(job=self._job(job.id))
+
+    @streaming
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.WatchJobResponse]:
+        job = self._job(request.job_id)
+        after = request.after_sequence
+        while True:
+            ended = self._job(job.id).state in TERMINAL_STATES  # read before the events: no last event is missed
+            for event in self.store.events(job.id, after):
+                after = event.sequence
+                yield pb.WatchJobResponse(event=event)
+            if ended or not self.supervisor.accepting:
+                return
+            await self.supervisor.wait_for_change(timeout=1.0)
+
+    @unary
+    async def GetReport(self, request: pb.GetReportRequest, context: Any) -> pb.GetReportResponse:
+        job = self._job(request.job_id)
+        if job.state != pb.JOB_STATE_SUCCEEDED:
+            raise FailedPrecondition(f"job {job.id} is {pb.JobState.Name(job.state)}; a report exists once it SUCCEEDED")
+        artifact = next(a for a in job.artifacts if a.name == "report.json")
+        report = json_format.Parse(self.blobs.path(artifact.sha256).read_text(), pb.Report())
+        return pb.GetReportResponse(report=report)
+
+    @streaming
+    async def DownloadArtifact(self, request: pb.DownloadArtifactRequest, context: Any) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        job = self._job(request.job_id)
+        artifact = next((a for a in job.artifacts if a.name == request.name), None)
+        if artifact is None:
+            names = ", ".join(a.name for a in job.artifacts) or "none yet"
+            raise NotFound(f"job {job.id} has no artifact {request.name!r}; it has: {names}")
+        yield pb.DownloadArtifactResponse(artifact=artifact)
+        with open(self.blobs.path(artifact.sha256), "rb") as f:
+            while chunk := f.read(self.config.chunk_bytes):
+                yield pb.DownloadArtifactResponse(chunk=chunk)

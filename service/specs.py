@@ -1,0 +1,245 @@
+"""JobSpec (the API's words) -> a validated plan in the engine's terms.
+
+CreateJob runs this to refuse a bad spec before it is queued; the worker runs
+it again to get the plan it executes. Every range check lives here, and every
+message names the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill import data, losses, models
+from distill.trainer import TrainConfig
+from protos.distillery.v1 import distillery_pb2 as pb
+from service.errors import FailedPrecondition, InvalidArgument
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    kind: str  # torchvision | image_folder | generated
+    name: str = ""
+    root: Path | None = None
+    download: bool = False
+    train_dir: Path | None = None
+    val_dir: Path | None = None
+    image_size: int = 32
+    channels: int = 3
+    generated: dict[str, int] = field(default_factory=dict)
+    max_train_samples: int = 0
+    max_val_samples: int = 0
+    seed: int = 0
+    normalization: data.Normalization | None = None
+
+    def load(self) -> data.Splits:
+        """Read (or generate) the splits. Runs in the worker."""
+        if self.kind == "generated":
+            train, val = data.generated_splits(**self.generated)
+        elif self.kind == "torchvision":
+            assert self.root is not None
+            train, val = data.load_torchvision(self.name, self.root, self.download)
+        else:
+            assert self.train_dir is not None and self.val_dir is not None
+            train = data.load_image_folder(self.train_dir, self.image_size, self.channels)
+            val = data.load_image_folder(self.val_dir, self.image_size, self.channels, classes=train.classes)
+        if self.normalization and len(self.normalization.mean) != train.input_shape[0]:
+            raise ValueError(
+                f"dataset.mean/std give {len(self.normalization.mean)} channels, the images have {train.input_shape[0]}"
+            )
+        return data.Splits(
+            train.subset(self.max_train_samples, self.seed),
+            val.subset(self.max_val_samples, self.seed + 1),
+            self.normalization,
+        )
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    batch_sizes: tuple[int, ...] = (1, 32)
+    warmup_runs: int = 10
+    min_runs: int = 30
+    min_seconds: float = 1.0
+    num_threads: int = 0  # 0: the worker's threads
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    teacher_model_id: str
+    student_architecture: str
+    dataset: DatasetPlan
+    loss: losses.WeightedLoss
+    training: TrainConfig
+    opset: int
+    parity_tolerance: float
+    benchmark: BenchmarkPlan
+
+
+def confine(path: str, roots: tuple[Path, ...], field_name: str) -> Path:
+    """Resolve ``path`` (relative to the first root) and require it inside a root.
+
+    Symlinks are resolved first, so a link that points out of the roots is refused too.
+    """
+    if not path:
+        raise InvalidArgument(f"{field_name} is required")
+    if "\x00" in path:
+        raise InvalidArgument(f"{field_name} contains a NUL byte")
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    resolved = candidate.resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise InvalidArgument(
+            f"{field_name} {path!r} resolves to {resolved}, outside the server's data roots "
+            f"({', '.join(map(str, roots))})"
+        )
+    return resolved
+
+
+def _in_range(value: float, low: float, high: float, name: str) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{name} must be in [{low:g}, {high:g}], got {value:g}")
+
+
+def _or_default(value: float, default: float) -> float:
+    return value if value else default
+
+
+def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -> JobPlan:
+    """Validate ``spec`` and fill in defaults. Raises InvalidArgument or FailedPrecondition."""
+    if not spec.teacher_model_id:
+        raise InvalidArgument("teacher_model_id is required (upload the teacher with UploadModel first)")
+    arch = spec.student.architecture
+    if arch not in models.architectures():
+        raise InvalidArgument(f"student.architecture {arch!r} is unknown; known: {', '.join(models.architectures())}")
+    if spec.device == pb.DEVICE_CUDA and not cuda_available:
+        raise FailedPrecondition("device CUDA was asked for, but this server has no CUDA device")
+    device = "cuda" if cuda_available and spec.device != pb.DEVICE_CPU else "cpu"
+
+    t = spec.training
+    for name in ("epochs", "batch_size", "checkpoint_interval_steps"):
+        if getattr(t, name) < 0:
+            raise InvalidArgument(f"training.{name} must not be negative")
+    try:
+        training = TrainConfig(
+            epochs=t.epochs or 10,
+            batch_size=t.batch_size or 128,
+            optimizer="adam" if t.optimizer == pb.OPTIMIZER_ADAM else "sgd",
+            learning_rate=t.learning_rate or None,
+            weight_decay=t.weight_decay or None,
+            lr_schedule="constant" if t.lr_schedule == pb.LR_SCHEDULE_CONSTANT else "cosine",
+            seed=t.seed,
+            checkpoint_interval_steps=t.checkpoint_interval_steps or 200,
+            max_grad_norm=t.max_grad_norm or 5.0,
+            device=device,
+        )
+    except ValueError as e:
+        raise InvalidArgument(f"training: {e}") from e
+
+    terms = []
+    for i, term in enumerate(spec.losses or [pb.LossTerm(kd=pb.KnowledgeDistillation())]):
+        which = term.WhichOneof("method")
+        if which is None:
+            raise InvalidArgument(f"losses[{i}] names no method; known: kd")
+        try:
+            loss: losses.Loss = losses.KnowledgeDistillation(
+                temperature=_or_default(term.kd.temperature, 4.0), alpha=_or_default(term.kd.alpha, 0.9)
+            )
+        except ValueError as e:
+            raise InvalidArgument(f"losses[{i}].{which}: {e}") from e
+        terms.append((_or_default(term.weight, 1.0), loss))
+    try:
+        weighted = losses.WeightedLoss(tuple(terms))
+    except ValueError as e:
+        raise InvalidArgument(f"losses: {e}") from e
+
+    opset = spec.export.opset or 18
+    _in_range(opset, 13, 23, "export.opset")
+    tolerance = _or_default(spec.export.parity_tolerance, 1e-4)
+    _in_range(tolerance, 1e-8, 1.0, "export.parity_tolerance")
+
+    b = spec.benchmark
+    batch_sizes = tuple(b.batch_sizes) or (1, 32)
+    for size in batch_sizes:
+        _in_range(size, 1, 4096, "benchmark.batch_sizes[]")
+    _in_range(b.warmup_runs, 0, 1000, "benchmark.warmup_runs")
+    _in_range(b.min_runs, 0, 100_000, "benchmark.min_runs")
+    _in_range(b.min_seconds, 0, 60, "benchmark.min_seconds")
+    _in_range(b.num_threads, 0, 1024, "benchmark.num_threads")
+    benchmark = BenchmarkPlan(
+        batch_sizes=batch_sizes,
+        warmup_runs=b.warmup_runs or 10,
+        min_runs=b.min_runs or 30,
+        min_seconds=b.min_seconds or 1.0,
+        num_threads=b.num_threads,
+    )
+
+    return JobPlan(
+        teacher_model_id=spec.teacher_model_id,
+        student_architecture=arch,
+        dataset=_dataset_plan(spec.dataset, data_roots, t.seed),
+        loss=weighted,
+        training=training,
+        opset=opset,
+        parity_tolerance=tolerance,
+        benchmark=benchmark,
+    )
+
+
+def _dataset_plan(spec: pb.DatasetSpec, roots: tuple[Path, ...], seed: int) -> DatasetPlan:
+    _in_range(spec.max_train_samples, 0, 100_000_000, "dataset.max_train_samples")
+    _in_range(spec.max_val_samples, 0, 100_000_000, "dataset.max_val_samples")
+    normalization = None
+    if spec.mean or spec.std:
+        if len(spec.mean) != len(spec.std) or len(spec.mean) not in (1, 3):
+            raise InvalidArgument("dataset.mean and dataset.std need one value per channel (1 or 3 each)")
+        if any(not 1e-6 < s < 1e3 for s in spec.std) or any(not -1e3 < m < 1e3 for m in spec.mean):
+            raise InvalidArgument("dataset.std must be in (1e-6, 1e3) and dataset.mean in (-1e3, 1e3)")
+        normalization = data.Normalization(list(spec.mean), list(spec.std))
+    limits = {
+        "max_train_samples": spec.max_train_samples,
+        "max_val_samples": spec.max_val_samples,
+        "seed": seed,
+        "normalization": normalization,
+    }
+    source = spec.WhichOneof("source")
+    if source == "generated":
+        g = spec.generated
+        params = {
+            "num_classes": g.num_classes or 10,
+            "image_size": g.image_size or 28,
+            "channels": g.channels or 1,
+            "train_size": g.train_size or 6000,
+            "val_size": g.val_size or 1000,
+            "seed": g.seed,
+        }
+        _in_range(params["num_classes"], 2, len(data.SHAPES), "dataset.generated.num_classes")
+        _in_range(params["image_size"], 16, 64, "dataset.generated.image_size")
+        _in_range(params["train_size"], 10, 1_000_000, "dataset.generated.train_size")
+        _in_range(params["val_size"], 10, 1_000_000, "dataset.generated.val_size")
+        if params["channels"] not in (1, 3):
+            raise InvalidArgument("dataset.generated.channels must be 1 or 3")
+        return DatasetPlan(kind="generated", generated=params, **limits)
+    if source == "torchvision":
+        tv = spec.torchvision
+        if tv.name not in data.TORCHVISION_DATASETS:
+            raise InvalidArgument(
+                f"dataset.torchvision.name {tv.name!r} is unknown; known: {', '.join(data.TORCHVISION_DATASETS)}"
+            )
+        root = confine(tv.root, roots, "dataset.torchvision.root")
+        return DatasetPlan(kind="torchvision", name=tv.name, root=root, download=tv.download, **limits)
+    if source == "image_folder":
+        f = spec.image_folder
+        image_size, channels = f.image_size or 32, f.channels or 3
+        _in_range(image_size, 8, 1024, "dataset.image_folder.image_size")
+        if channels not in (1, 3):
+            raise InvalidArgument("dataset.image_folder.channels must be 1 or 3")
+        return DatasetPlan(
+            kind="image_folder",
+            train_dir=confine(f.train_dir, roots, "dataset.image_folder.train_dir"),
+            val_dir=confine(f.val_dir, roots, "dataset.image_folder.val_dir"),
+            image_size=image_size,
+            channels=channels,
+            **limits,
+        )
+    raise InvalidArgument("dataset is required: one of torchvision, image_folder, generated")

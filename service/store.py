@@ -1,0 +1,275 @@
+"""SQLite (WAL) store for models, jobs, events and artifacts.
+
+The server and its worker processes each open their own connection. State
+changes and the event that announces them are written in one transaction,
+and a job that has ended never changes state again, so a worker finishing
+and a user cancelling cannot both win.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.distillery.v1 import distillery_pb2 as pb
+
+TERMINAL_STATES = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    format INTEGER NOT NULL,
+    architecture TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    create_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    request_id TEXT UNIQUE,
+    spec BLOB NOT NULL,
+    state INTEGER NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    progress REAL NOT NULL DEFAULT 0,
+    error_code INTEGER NOT NULL DEFAULT 0,
+    error_message TEXT NOT NULL DEFAULT '',
+    create_time REAL NOT NULL,
+    start_time REAL,
+    end_time REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event BLOB NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+"""
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
+        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS throughout
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so read-then-write is atomic across processes.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------- models
+
+    def put_model(self, model: pb.Model) -> pb.Model:
+        """Insert ``model`` unless its id exists; returns the stored row."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (model.id, model.name, model.format, model.architecture, model.sha256, model.size_bytes, time.time()),
+            )
+        stored = self.get_model(model.id)
+        assert stored is not None
+        return stored
+
+    def get_model(self, model_id: str) -> pb.Model | None:
+        row = self.db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+        if row is None:
+            return None
+        return pb.Model(
+            id=row["id"],
+            name=row["name"],
+            format=row["format"],
+            architecture=row["architecture"],
+            sha256=row["sha256"],
+            size_bytes=row["size_bytes"],
+            create_time=timestamp(row["create_time"]),
+        )
+
+    # --------------------------------------------------------------- jobs
+
+    def create_job(self, spec: pb.JobSpec, request_id: str, max_queued: int) -> tuple[pb.Job, bool]:
+        """A new QUEUED job, or the existing one for ``request_id``; returns (job, created).
+
+        Raises OverflowError when ``max_queued`` jobs already wait.
+        """
+        with self.transaction() as db:
+            if request_id:
+                row = db.execute("SELECT id FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+                if row is not None:
+                    return self._job_unlocked(row["id"]), False
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (pb.JOB_STATE_QUEUED,)).fetchone()[0]
+            if queued >= max_queued:
+                raise OverflowError(f"the queue is full ({queued} jobs waiting, limit {max_queued})")
+            job_id = "j-" + uuid.uuid4().hex[:16]
+            db.execute(
+                "INSERT INTO jobs (id, request_id, spec, state, create_time) VALUES (?, ?, ?, ?, ?)",
+                (job_id, request_id or None, spec.SerializeToString(deterministic=True), pb.JOB_STATE_QUEUED, time.time()),
+            )
+            self._append_event(db, job_id, pb.JobEvent(state=pb.JOB_STATE_QUEUED, message="queued"))
+            return self._job_unlocked(job_id), True
+
+    def get_job(self, job_id: str) -> pb.Job | None:
+        return self._job_unlocked(job_id)
+
+    def _job_unlocked(self, job_id: str) -> pb.Job | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._job_from_row(row)
+
+    def _job_from_row(self, row: sqlite3.Row) -> pb.Job:
+        spec = pb.JobSpec()
+        spec.ParseFromString(row["spec"])
+        job = pb.Job(
+            id=row["id"],
+            request_id=row["request_id"] or "",
+            spec=spec,
+            state=row["state"],
+            stage=row["stage"],
+            progress=row["progress"],
+            create_time=timestamp(row["create_time"]),
+            start_time=timestamp(row["start_time"]),
+            end_time=timestamp(row["end_time"]),
+        )
+        if row["error_code"]:
+            job.error.code, job.error.message = row["error_code"], row["error_message"]
+        job.artifacts.extend(self.list_artifacts(row["id"]))
+        return job
+
+    def list_jobs(self, page_size: int, page_token: str, state: int) -> tuple[list[pb.Job], str]:
+        """Newest first. The token is the position after which the next page starts."""
+        before = _decode_token(page_token) if page_token else None
+        query, args = "SELECT * FROM jobs WHERE 1=1", []
+        if state:
+            query, args = query + " AND state = ?", args + [state]
+        if before is not None:
+            query, args = query + " AND seq < ?", args + [before]
+        rows = self.db.execute(query + " ORDER BY seq DESC LIMIT ?", (*args, page_size + 1)).fetchall()
+        next_token = _encode_token(rows[page_size - 1]["seq"]) if len(rows) > page_size else ""
+        return [self._job_from_row(r) for r in rows[:page_size]], next_token
+
+    def next_queued(self) -> str | None:
+        row = self.db.execute(
+            "SELECT id FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (pb.JOB_STATE_QUEUED,)
+        ).fetchone()
+        return row["id"] if row else None
+
+    def ids_in_state(self, state: int) -> list[str]:
+        return [r["id"] for r in self.db.execute("SELECT id FROM jobs WHERE state = ?", (state,))]
+
+    def transition(self, job_id: str, state: int, message: str = "", error_code: int = 0) -> bool:
+        """Move a job that has not ended to ``state``; False when it had already ended."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT state, progress FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] in TERMINAL_STATES:
+                return False
+            sets = {"state": state}
+            if state == pb.JOB_STATE_RUNNING:
+                sets["start_time"] = now
+            if state in TERMINAL_STATES:
+                sets["end_time"] = now
+            if state == pb.JOB_STATE_SUCCEEDED:
+                sets["progress"] = 1.0
+            if error_code:
+                sets["error_code"], sets["error_message"] = error_code, message
+            db.execute(
+                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?", (*sets.values(), job_id)
+            )
+            progress = sets.get("progress", row["progress"])
+            self._append_event(db, job_id, pb.JobEvent(state=state, message=message, progress=progress))
+            return True
+
+    def record_progress(self, job_id: str, event: pb.JobEvent) -> None:
+        """Append a progress event and mirror its stage and progress on the job."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET stage = ?, progress = ? WHERE id = ?", (event.stage, event.progress, job_id))
+            self._append_event(db, job_id, event)
+
+    def _append_event(self, db: sqlite3.Connection, job_id: str, event: pb.JobEvent) -> None:
+        sequence = db.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+        event.sequence = sequence
+        event.time.GetCurrentTime()
+        if not event.state:
+            event.state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()["state"]
+        db.execute(
+            "INSERT INTO events VALUES (?, ?, ?)", (job_id, sequence, event.SerializeToString(deterministic=True))
+        )
+
+    def events(self, job_id: str, after_sequence: int) -> list[pb.JobEvent]:
+        rows = self.db.execute(
+            "SELECT event FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence", (job_id, after_sequence)
+        )
+        out = []
+        for row in rows:
+            event = pb.JobEvent()
+            event.ParseFromString(row["event"])
+            out.append(event)
+        return out
+
+    def event_watermark(self) -> int:
+        """A number that grows whenever any event is written (for cheap change polling)."""
+        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]
+
+    # ---------------------------------------------------------- artifacts
+
+    def put_artifact(self, job_id: str, artifact: pb.Artifact) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
+                (job_id, artifact.name, artifact.sha256, artifact.size_bytes),
+            )
+
+    def list_artifacts(self, job_id: str) -> list[pb.Artifact]:
+        rows = self.db.execute("SELECT * FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,))
+        return [pb.Artifact(name=r["name"], sha256=r["sha256"], size_bytes=r["size_bytes"]) for r in rows]
+
+
+def _encode_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
+
+
+def _decode_token(token: str) -> int:
+    try:
+        kind, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if kind != "seq":
+            raise ValueError(kind)
+        return int(value)
+    except Exception as e:
+        raise ValueError(f"invalid page_token {token!r}") from e

@@ -1,0 +1,129 @@
+"""Runs queued jobs in spawned worker processes, at most K at a time.
+
+Spawned, not forked: a worker starts clean (no copy of the server's threads,
+sockets or CUDA state), and a crash in it (segfault, OOM kill) takes down that
+job only. The supervisor polls: it reaps finished workers, starts queued jobs
+into free slots, and wakes WatchJob streams when new events land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from multiprocessing.process import BaseProcess
+
+import grpc
+
+from protos.distillery.v1 import distillery_pb2 as pb
+from service import worker
+from service.config import ServerConfig
+from service.store import TERMINAL_STATES, Store
+
+log = logging.getLogger("distillery.supervisor")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (likely out of memory)" if name == "SIGKILL" else ""
+        return f"the worker process was killed by {name}{hint}"
+    return f"the worker process exited with code {exitcode} without finishing the job"
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.running: dict[str, BaseProcess] = {}
+        self.accepting = True
+        self._context = multiprocessing.get_context("spawn")
+        self._changed = asyncio.Event()
+        self._watermark = -1
+        self._stopped = asyncio.Event()
+
+    def recover(self) -> None:
+        """Jobs that were RUNNING when the server died go back to the queue (they resume from a checkpoint)."""
+        for job_id in self.store.ids_in_state(pb.JOB_STATE_RUNNING):
+            self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued after a server restart")
+
+    async def run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("supervisor tick failed")
+            try:
+                await asyncio.wait_for(self._stopped.wait(), self.config.poll_interval_s)
+            except TimeoutError:
+                pass
+
+    def tick(self) -> None:
+        for job_id, process in list(self.running.items()):
+            if not process.is_alive():
+                process.join()
+                del self.running[job_id]
+                job = self.store.get_job(job_id)
+                if job is not None and job.state not in TERMINAL_STATES:
+                    self.store.transition(
+                        job_id, pb.JOB_STATE_FAILED, describe_exit(process.exitcode), grpc.StatusCode.INTERNAL.value[0]
+                    )
+        while self.accepting and len(self.running) < self.config.max_concurrent_jobs:
+            job_id = self.store.next_queued()
+            if job_id is None or not self.store.transition(job_id, pb.JOB_STATE_RUNNING, "started"):
+                break
+            process = self._context.Process(
+                target=worker.main, args=(self.config, job_id), name=f"distillery-worker-{job_id}"
+            )
+            process.start()
+            self.running[job_id] = process
+            log.info("job %s started in worker pid %s", job_id, process.pid)
+        watermark = self.store.event_watermark()
+        if watermark != self._watermark:
+            self._watermark = watermark
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when new events may exist, or after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False when it had already ended."""
+        if not self.store.transition(
+            job_id, pb.JOB_STATE_CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED.value[0]
+        ):
+            return False
+        process = self.running.pop(job_id, None)
+        if process is not None:
+            await self._kill(process)
+        (self.config.checkpoints_dir / f"{job_id}.pt").unlink(missing_ok=True)
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop starting jobs; running ones go back to the queue and resume on the next start."""
+        self.accepting = False
+        self._stopped.set()
+        for job_id, process in list(self.running.items()):
+            await self._kill(process)
+            self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued: the server is shutting down")
+        self.running.clear()
+        self._changed.set()
+
+    @staticmethod
+    async def _kill(process: BaseProcess) -> None:
+        # The worker leads its own process group; killing the group ends its children too.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.kill()  # in case it had not reached setpgrp yet
+        await asyncio.to_thread(process.join, 10)

@@ -1,0 +1,373 @@
+"""One job, start to finish, in its own spawned process.
+
+load_teacher -> build_student -> distil -> evaluate -> export -> benchmark -> report
+
+Each stage is announced as an event in the store. The worker ends its job
+itself (SUCCEEDED, or FAILED with a readable message); if it dies instead, the
+supervisor sees the exit and fails the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from google.protobuf import json_format
+
+from distill import models
+from distill.benchmark import LatencyStats, count_macs, count_parameters, measure_latency, torch_runner
+from distill.data import Splits
+from distill.evaluate import AccuracyResult, accuracy
+from distill.loading import FORMATS, Teacher, load_teacher
+from distill.trainer import Progress, TrainResult, distil, predict_logits
+from exporters import onnx_export
+from protos.distillery.v1 import distillery_pb2 as pb
+from service import report as report_format
+from service import specs
+from service.artifacts import BlobStore
+from service.config import ServerConfig
+from service.errors import describe, status_code
+from service.store import Store
+
+log = logging.getLogger("distillery.worker")
+
+# Where each stage starts on the job's 0..1 progress scale; distil fills the gap to evaluate.
+STAGE_START = {
+    "load_teacher": 0.0,
+    "build_student": 0.03,
+    "distil": 0.05,
+    "evaluate": 0.80,
+    "export": 0.85,
+    "benchmark": 0.90,
+    "report": 0.98,
+}
+# The model format as the engine names it, by proto enum.
+FORMAT_NAME = dict(
+    zip((pb.MODEL_FORMAT_TORCHSCRIPT, pb.MODEL_FORMAT_EXPORTED_PROGRAM, pb.MODEL_FORMAT_STATE_DICT), FORMATS)
+)
+PARITY_SAMPLES = 1000
+
+
+def main(config: ServerConfig, job_id: str) -> None:
+    """Process entry point (spawned by the supervisor)."""
+    # Own process group: cancelling kills the worker and anything it started.
+    os.setpgrp()
+    # The parent owns shutdown; a Ctrl-C in the terminal must not kill jobs half-way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        filename=config.logs_dir / f"{job_id}.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    torch.set_num_threads(config.threads_per_worker())
+    store = Store(config.db_path)
+    try:
+        Job(config, store, job_id).run()
+        store.transition(job_id, pb.JOB_STATE_SUCCEEDED, "succeeded")
+    except Exception as e:  # every failure ends the job with a readable message
+        log.exception("job %s failed", job_id)
+        store.transition(job_id, pb.JOB_STATE_FAILED, describe(e), status_code(e).value[0])
+    finally:
+        store.close()
+
+
+@dataclass
+class Measured:
+    """What the pipeline learns, gathered for the report."""
+
+    teacher_accuracy: AccuracyResult
+    student_accuracy: AccuracyResult
+    onnx_accuracy: AccuracyResult
+    train: TrainResult
+    export: onnx_export.ExportResult
+    parity: onnx_export.ParityResult
+    latency: dict[str, list[LatencyStats]]
+    files: dict[str, Path]
+
+
+class Job:
+    def __init__(self, config: ServerConfig, store: Store, job_id: str) -> None:
+        self.config, self.store, self.job_id = config, store, job_id
+        self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
+        self.workdir = config.tmp_dir / job_id
+        self.checkpoint_path = config.checkpoints_dir / f"{job_id}.pt"
+
+    # ------------------------------------------------------------ events
+
+    def stage(self, name: str, message: str = "") -> None:
+        log.info("stage %s %s", name, message)
+        self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=STAGE_START[name], message=message))
+
+    def on_progress(self, p: Progress) -> None:
+        span = STAGE_START["evaluate"] - STAGE_START["distil"]
+        self.store.record_progress(
+            self.job_id,
+            pb.JobEvent(
+                stage="distil",
+                progress=STAGE_START["distil"] + span * p.step / p.total_steps,
+                step=p.step,
+                total_steps=p.total_steps,
+                loss=p.loss,
+                metrics={"epoch": p.epoch},
+            ),
+        )
+
+    def on_checkpoint(self, state: dict[str, Any]) -> None:
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    # ---------------------------------------------------------- pipeline
+
+    def run(self) -> None:
+        job = self.store.get_job(self.job_id)
+        assert job is not None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        plan = specs.plan(job.spec, self.config.data_roots, torch.cuda.is_available())
+        device = plan.training.device
+
+        self.stage("load_teacher")
+        model_row = self.store.get_model(plan.teacher_model_id)
+        if model_row is None:
+            raise FileNotFoundError(f"teacher model {plan.teacher_model_id} is gone from the store")
+        splits = plan.dataset.load()
+        teacher = load_teacher(
+            self.blobs.path(model_row.sha256),
+            FORMAT_NAME[model_row.format],
+            model_row.architecture,
+            splits.train.input_shape,
+        )
+        if teacher.num_classes != len(splits.train.classes):
+            raise ValueError(
+                f"the teacher has {teacher.num_classes} outputs but the dataset has {len(splits.train.classes)} classes"
+            )
+        teacher.model.to(device)
+
+        self.stage("build_student", plan.student_architecture)
+        student = models.build(plan.student_architecture, teacher.num_classes, splits.train.input_shape[0])
+
+        resume = None
+        if self.checkpoint_path.exists():
+            resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+            self.stage("distil", f"resuming from step {resume['step']}")
+        else:
+            self.stage("distil", str(plan.loss))
+        trained = distil(
+            student,
+            teacher.model,
+            plan.loss,
+            splits.train,
+            splits.normalization,
+            plan.training,
+            on_progress=self.on_progress,
+            on_checkpoint=self.on_checkpoint,
+            resume_from=resume,
+        )
+
+        self.stage("evaluate")
+        teacher_logits = predict_logits(teacher.model, splits.val, splits.normalization, device)
+        student_logits = predict_logits(student, splits.val, splits.normalization, device)
+        teacher_acc = accuracy(teacher_logits, splits.val.labels, teacher_logits)
+        student_acc = accuracy(student_logits, splits.val.labels, teacher_logits)
+
+        self.stage("export")
+        student.cpu().eval()
+        files = {"student.pt": self.workdir / "student.pt", "student.onnx": self.workdir / "student.onnx"}
+        torch.save(
+            {
+                "architecture": plan.student_architecture,
+                "num_classes": teacher.num_classes,
+                "input_shape": list(splits.train.input_shape),
+                "classes": splits.train.classes,
+                "mean": splits.normalization.mean,
+                "std": splits.normalization.std,
+                "state_dict": student.state_dict(),
+            },
+            files["student.pt"],
+        )
+        val_inputs = splits.normalization.apply(splits.val.images[:PARITY_SAMPLES])
+        exported = onnx_export.export_onnx(student, val_inputs[:2], files["student.onnx"], plan.opset)
+        session = onnx_export.session(files["student.onnx"], num_threads=self.config.threads_per_worker())
+        parity = onnx_export.validate(session, student, val_inputs, plan.parity_tolerance)
+        onnx_logits = torch.from_numpy(
+            np.concatenate(
+                [
+                    onnx_export.run(session, chunk.numpy())
+                    for chunk in splits.normalization.apply(splits.val.images).split(512)
+                ]
+            )
+        )
+        onnx_acc = accuracy(onnx_logits, splits.val.labels, teacher_logits)
+
+        self.stage("benchmark")
+        latency = self.benchmark(plan.benchmark, teacher, student, files["student.onnx"], splits, device)
+
+        self.stage("report")
+        measured = Measured(teacher_acc, student_acc, onnx_acc, trained, exported, parity, latency, files)
+        report = self.build_report(plan, model_row, teacher, student, splits, measured)
+        files["report.json"] = self.workdir / "report.json"
+        files["report.json"].write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
+        files["report.md"] = self.workdir / "report.md"
+        files["report.md"].write_text(report_format.to_markdown(report))
+        for name, path in files.items():
+            sha, size = self.blobs.put_file(path)
+            self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
+        self.checkpoint_path.unlink(missing_ok=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def benchmark(
+        self,
+        plan: specs.BenchmarkPlan,
+        teacher: Teacher,
+        student: torch.nn.Module,
+        onnx_path: Path,
+        splits: Splits,
+        device: str,
+    ) -> dict[str, list[LatencyStats]]:
+        """p50/p90/p99 latency of each variant at each batch size, on real inputs."""
+        threads = plan.num_threads or self.config.threads_per_worker()
+        torch.set_num_threads(threads)
+        session = onnx_export.session(onnx_path, num_threads=threads)
+        student.to(device)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else None
+        runners = {
+            "teacher/pytorch": (torch_runner(teacher.model), True),
+            "student/pytorch": (torch_runner(student), True),
+            "student/onnxruntime": (lambda x: onnx_export.run(session, x), False),
+        }
+        results: dict[str, list[LatencyStats]] = {name: [] for name in runners}
+        for batch_size in plan.batch_sizes:
+            index = torch.arange(batch_size) % len(splits.val)
+            batch = splits.normalization.apply(splits.val.images[index])
+            for name, (fn, is_torch) in runners.items():
+                x = batch.to(device) if is_torch else batch.numpy()
+                results[name].append(
+                    measure_latency(
+                        fn,
+                        x,
+                        batch_size,
+                        warmup_runs=plan.warmup_runs,
+                        min_runs=plan.min_runs,
+                        min_seconds=plan.min_seconds,
+                        synchronize=sync if is_torch else None,
+                    )
+                )
+        student.cpu()
+        return results
+
+    def build_report(
+        self,
+        plan: specs.JobPlan,
+        model_row: pb.Model,
+        teacher: Teacher,
+        student: torch.nn.Module,
+        splits: Splits,
+        m: Measured,
+    ) -> pb.Report:
+        shape = splits.train.input_shape
+        teacher_cpu = teacher.model.cpu()
+        report = pb.Report(
+            job_id=self.job_id,
+            teacher=pb.ModelCard(
+                architecture=teacher.architecture,
+                parameters=count_parameters(teacher_cpu),
+                macs=_macs_or_zero(teacher_cpu, shape),
+                num_classes=teacher.num_classes,
+                input_shape=shape,
+            ),
+            student=pb.ModelCard(
+                architecture=plan.student_architecture,
+                parameters=count_parameters(student),
+                macs=_macs_or_zero(student, shape),
+                num_classes=teacher.num_classes,
+                input_shape=shape,
+            ),
+            training=pb.TrainingSummary(
+                method=str(plan.loss),
+                epochs=plan.training.epochs,
+                steps=m.train.steps,
+                final_loss=m.train.final_loss,
+                wall_seconds=m.train.wall_seconds,
+                device=plan.training.device,
+                train_samples=len(splits.train),
+                val_samples=len(splits.val),
+            ),
+            export=pb.ExportSummary(
+                opset=m.export.opset,
+                exporter=m.export.exporter,
+                parity_max_abs_diff=m.parity.max_abs_diff,
+                parity_tolerance=m.parity.tolerance,
+                parity_samples=m.parity.samples,
+            ),
+            environment=_environment(torch.get_num_threads()),
+        )
+        report.create_time.GetCurrentTime()
+        variants = [
+            ("teacher", "pytorch", m.teacher_accuracy, model_row.size_bytes),
+            ("student", "pytorch", m.student_accuracy, m.files["student.pt"].stat().st_size),
+            ("student", "onnxruntime", m.onnx_accuracy, m.files["student.onnx"].stat().st_size),
+        ]
+        for model, runtime, acc, size in variants:
+            v = report.variants.add(
+                name=f"{model} / {runtime}",
+                model=model,
+                runtime=runtime,
+                precision="fp32",
+                file_size_bytes=size,
+                accuracy=pb.Accuracy(samples=acc.samples, top1=acc.top1, agreement_with_teacher=acc.agreement or 0.0),
+            )
+            if acc.top5 is not None:
+                v.accuracy.top5 = acc.top5
+            for stats in m.latency[f"{model}/{runtime}"]:
+                v.latency.add(
+                    batch_size=stats.batch_size,
+                    runs=stats.runs,
+                    p50_ms=stats.p50_ms,
+                    p90_ms=stats.p90_ms,
+                    p99_ms=stats.p99_ms,
+                    mean_ms=stats.mean_ms,
+                    stdev_ms=stats.stdev_ms,
+                    throughput_per_s=stats.throughput_per_s,
+                )
+        report.summary = report_format.summary(report)
+        return report
+
+
+def _macs_or_zero(model: torch.nn.Module, shape: tuple[int, int, int]) -> int:
+    try:
+        return count_macs(model, shape)
+    except Exception:  # an opaque teacher may not run under the flop counter
+        log.warning("could not count MACs", exc_info=True)
+        return 0
+
+
+def _environment(threads: int) -> pb.Environment:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return pb.Environment(
+        cpu=cpu,
+        cpu_cores=os.cpu_count() or 0,
+        num_threads=threads,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "",
+        torch_version=torch.__version__,
+        onnxruntime_version=onnxruntime.__version__,
+        onnx_version=onnx.__version__,
+        execution_providers=onnxruntime.get_available_providers(),
+    )
