@@ -85,6 +85,7 @@ class TrainResult:
 
 
 ProgressFn = Callable[[Progress], None]
+# Receives the live training state (its tensors keep changing): persist it before returning.
 CheckpointFn = Callable[[dict[str, Any]], None]
 
 # Teacher logits are cached when they take at most this much memory.

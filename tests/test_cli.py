@@ -1,0 +1,41 @@
+"""The CLI is a client of the running server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service import cli
+
+
+def test_upload_submit_wait_report(server, teacher_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    address = ["--address", server[0]]
+    assert cli.main([*address, "upload", str(teacher_file), "--architecture", "lenet5"]) == 0
+    model_id = capsys.readouterr().out.strip()
+    assert model_id.startswith("m-")
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "student: {architecture: lenet5_half}\n"
+        "dataset:\n  generated: {num_classes: 4, train_size: 800, val_size: 200, seed: 3}\n"
+        "losses: [{kd: {temperature: 3}}]\n"
+        "training: {epochs: 1, batch_size: 32}\n"
+        "benchmark: {batch_sizes: [1], min_runs: 3, min_seconds: 0.01}\n"
+        "device: DEVICE_CPU\n"
+    )
+    assert cli.main([*address, "submit", str(spec), "--teacher", model_id, "--alpha", "0.5", "--wait"]) == 0
+    job_id = capsys.readouterr().out.strip()
+
+    assert cli.main([*address, "report", job_id, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["training"]["method"] == "kd(T=3, alpha=0.5)"
+
+    assert cli.main([*address, "list", "--state", "succeeded"]) == 0
+    assert job_id in capsys.readouterr().out
+    assert cli.main([*address, "download", job_id, "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "student.onnx").exists()
+
+    assert cli.main([*address, "status", "j-missing"]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err

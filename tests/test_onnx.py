@@ -1,0 +1,43 @@
+"""ONNX export: dynamic batch, checker, parity with PyTorch, and errors that name the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill import models
+from exporters import onnx_export
+
+
+@pytest.mark.parametrize("architecture", ["lenet5_half", "resnet8_cifar"])
+def test_export_runs_any_batch_within_tolerance(tmp_path: Path, architecture: str) -> None:
+    model = models.build(architecture, 10, 3).eval()
+    result = onnx_export.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "m.onnx")
+    assert result.path.exists() and result.opset == 18
+    session = onnx_export.session(result.path)
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, 32, 32)
+        out = onnx_export.run(session, x.numpy())
+        assert out.shape == (batch, 10)
+    parity = onnx_export.validate(session, model, torch.randn(50, 3, 32, 32), tolerance=1e-4)
+    assert parity.max_abs_diff <= 1e-4 and parity.samples == 50 and parity.top1_mismatch == 0
+
+
+def test_parity_failure_names_output_and_numbers(tmp_path: Path) -> None:
+    model = models.build("lenet5_half", 10, 1).eval()
+    result = onnx_export.export_onnx(model, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx")
+    other = models.build("lenet5_half", 10, 1).eval()  # different weights
+    with pytest.raises(onnx_export.ParityError, match=r"output 'logits'.*differs from PyTorch by up to"):
+        onnx_export.validate(onnx_export.session(result.path), other, torch.randn(20, 1, 28, 28))
+
+
+def test_onnx_matches_torch_numerically(tmp_path: Path) -> None:
+    model = models.build("lenet5", 4, 1).eval()
+    path = onnx_export.export_onnx(model, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx").path
+    x = torch.randn(16, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(onnx_export.run(onnx_export.session(path), x.numpy()), expected, atol=1e-4)

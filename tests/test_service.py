@@ -1,0 +1,215 @@
+"""The service over a real channel to a real server process: one job end to end, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from distill import data, models
+from protos.distillery.v1 import distillery_pb2 as pb
+from service.client import Client
+from tests.conftest import TINY_DATA, rpc_error, tiny_spec, train_tiny_teacher
+
+STAGES = ["load_teacher", "build_student", "distil", "evaluate", "export", "benchmark", "report"]
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+
+
+@pytest.fixture(scope="module")
+def finished_job(client: Client, teacher_model: pb.Model) -> tuple[pb.Job, list[pb.JobEvent]]:
+    job = client.create_job(tiny_spec(teacher_model.id), request_id="e2e")
+    events: list[pb.JobEvent] = []
+    return client.wait(job.id, events.append), events
+
+
+def test_health_and_reflection(server: tuple[str, Path]) -> None:
+    assert _health(server[0]) == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(server[0]) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert "distillery.v1.DistillationService" in names and "grpc.health.v1.Health" in names
+
+
+def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], client: Client, tmp_path: Path) -> None:
+    job, events = finished_job
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    stages = [e.stage for e in events if e.stage and not e.step]
+    assert stages == STAGES
+    training = [e for e in events if e.step]
+    assert training and training[-1].step == training[-1].total_steps and training[-1].loss > 0
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED and events[-1].progress == 1.0
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+    report = client.report(job.id)
+    teacher, student, student_onnx = report.variants
+    assert (teacher.model, student.model, student_onnx.runtime) == ("teacher", "student", "onnxruntime")
+    assert teacher.accuracy.top1 > 90 and student.accuracy.top1 > 80
+    assert abs(student_onnx.accuracy.top1 - student.accuracy.top1) < 0.5
+    assert [lat.batch_size for lat in student_onnx.latency] == [1, 8]
+    assert all(lat.p50_ms > 0 and lat.p99_ms >= lat.p50_ms for v in report.variants for lat in v.latency)
+    assert report.student.parameters < report.teacher.parameters and report.student.macs > 0
+    assert report.export.parity_max_abs_diff <= 1e-4
+    assert report.summary.startswith("student is ")
+
+    # Artifacts: the ONNX file runs in onnxruntime and matches the downloaded PyTorch student.
+    assert {a.name for a in job.artifacts} == {"student.onnx", "student.pt", "report.json", "report.md"}
+    onnx_path = client.download(job.id, "student.onnx", tmp_path)
+    saved = torch.load(client.download(job.id, "student.pt", tmp_path), weights_only=True)
+    model = models.build(saved["architecture"], saved["num_classes"], saved["input_shape"][0])
+    model.load_state_dict(saved["state_dict"])
+    _, val = data.generated_splits(**TINY_DATA)
+    x = data.Normalization(saved["mean"], saved["std"]).apply(val.images[:64])
+    with torch.inference_mode():
+        expected = model.eval()(x).numpy()
+    actual = ort.InferenceSession(str(onnx_path)).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+    report_json = client.download(job.id, "report.json", tmp_path).read_text()
+    assert json_format.Parse(report_json, pb.Report()) == report
+    assert "| student / onnxruntime |" in client.download(job.id, "report.md", tmp_path).read_text()
+
+
+def test_create_job_is_idempotent_on_request_id(finished_job, client: Client, teacher_model: pb.Model) -> None:
+    job, _ = finished_job
+    again = client.create_job(tiny_spec(teacher_model.id), request_id="e2e")
+    assert again.id == job.id
+    different = tiny_spec(teacher_model.id)
+    different.training.epochs = 3
+    assert rpc_error(client.create_job, different, "e2e").code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_list_jobs_pages_and_filters(finished_job, client: Client) -> None:
+    job, _ = finished_job
+    first = client.stub.ListJobs(pb.ListJobsRequest(page_size=1))
+    assert len(first.jobs) == 1
+    all_ids = [j.id for j in client.list_jobs(page_size=1)]
+    assert job.id in all_ids and len(all_ids) == len(set(all_ids))
+    succeeded = [j.id for j in client.list_jobs(state=pb.JOB_STATE_SUCCEEDED)]
+    assert job.id in succeeded
+    bad = rpc_error(client.stub.ListJobs, pb.ListJobsRequest(page_token="garbage"))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_cancel_running_job(client: Client, teacher_model: pb.Model) -> None:
+    spec = tiny_spec(teacher_model.id)
+    spec.training.epochs = 500
+    job = client.create_job(spec)
+    deadline = time.time() + 60
+    while client.get_job(job.id).stage != "distil" and time.time() < deadline:
+        time.sleep(0.2)
+    assert client.get_job(job.id).state == pb.JOB_STATE_RUNNING
+    started = time.time()
+    cancelled = client.cancel(job.id)
+    assert cancelled.state == pb.JOB_STATE_CANCELLED and cancelled.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert time.time() - started < 5
+    assert rpc_error(client.cancel, job.id).code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rpc_error(client.report, job.id).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_job_that_cannot_work_fails_with_a_readable_error(client: Client, tmp_path: Path) -> None:
+    # A 4-class teacher on 3-class data: the worker must say so, not crash.
+    teacher = train_tiny_teacher(epochs=1)
+    torch.save(teacher.state_dict(), tmp_path / "t.pt")
+    model = client.upload(tmp_path / "t.pt", architecture="lenet5")
+    spec = tiny_spec(model.id)
+    spec.dataset.generated.num_classes = 3
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_FAILED
+    assert job.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "4 outputs but the dataset has 3 classes" in job.error.message
+    assert "Traceback" not in job.error.message
+
+
+def _upload_raw(client: Client, header: pb.UploadModelHeader, payload: bytes) -> grpc.RpcError:
+    def messages():
+        yield pb.UploadModelRequest(header=header)
+        yield pb.UploadModelRequest(chunk=payload)
+
+    return rpc_error(client.stub.UploadModel, messages())
+
+
+def test_bad_uploads_are_refused(client: Client, tmp_path: Path, server: tuple[str, Path]) -> None:
+    marker = tmp_path / "pwned"
+    torch.save(models.build("lenet5", 4, 1), tmp_path / "module.pt")
+    pickled = (tmp_path / "module.pt").read_bytes()
+    good = pb.UploadModelHeader(sha256=hashlib.sha256(pickled).hexdigest(), size_bytes=len(pickled))
+
+    err = _upload_raw(client, good, pickled)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "arbitrary code" in err.details()
+    assert "state_dict" in err.details()
+
+    wrong_hash = pb.UploadModelHeader(sha256="0" * 64, size_bytes=len(pickled))
+    err = _upload_raw(client, wrong_hash, pickled)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256 mismatch" in err.details()
+
+    too_big = pb.UploadModelHeader(sha256="0" * 64, size_bytes=1 << 40)
+    err = _upload_raw(client, too_big, b"")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most" in err.details()
+
+    torch.save(models.build("lenet5", 4, 1).state_dict(), tmp_path / "sd.pt")
+    err = rpc_error(client.upload, tmp_path / "sd.pt")  # no architecture
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "architecture" in err.details()
+
+    assert not marker.exists()
+    assert not list((server[1] / "tmp").glob("blob-*")), "a refused upload left a temporary file"
+    assert _health(server[0]) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_bad_requests_get_precise_codes(client: Client, teacher_model: pb.Model, data_root: Path, tmp_path: Path, server) -> None:
+    code = grpc.StatusCode
+    assert rpc_error(client.get_job, "j-nope").code() == code.NOT_FOUND
+    assert rpc_error(client.report, "j-nope").code() == code.NOT_FOUND
+    assert rpc_error(client.stub.GetModel, pb.GetModelRequest(model_id="m-nope")).code() == code.NOT_FOUND
+    assert rpc_error(client.download, "j-nope", "student.onnx", tmp_path).code() == code.NOT_FOUND
+
+    def create(spec: pb.JobSpec) -> grpc.RpcError:
+        return rpc_error(client.create_job, spec)
+
+    spec = tiny_spec(teacher_model.id)
+    spec.student.architecture = "resnet9000"
+    err = create(spec)
+    assert err.code() == code.INVALID_ARGUMENT and "student.architecture" in err.details()
+
+    spec = tiny_spec(teacher_model.id)
+    spec.ClearField("dataset")
+    assert create(spec).code() == code.INVALID_ARGUMENT
+
+    spec = tiny_spec(teacher_model.id)
+    spec.training.learning_rate = -1
+    err = create(spec)
+    assert err.code() == code.INVALID_ARGUMENT and "learning_rate" in err.details()
+
+    assert create(tiny_spec("m-unknown")).code() == code.NOT_FOUND
+
+    for root in ("../../etc", "/etc"):
+        spec = tiny_spec(teacher_model.id)
+        spec.dataset.torchvision.name, spec.dataset.torchvision.root = "MNIST", root
+        err = create(spec)
+        assert err.code() == code.INVALID_ARGUMENT and "outside the server's data roots" in err.details()
+
+    os.symlink("/etc", data_root / "escape")
+    spec = tiny_spec(teacher_model.id)
+    spec.dataset.image_folder.train_dir, spec.dataset.image_folder.val_dir = "escape", "escape"
+    assert create(spec).code() == code.INVALID_ARGUMENT
+
+    if not torch.cuda.is_available():
+        spec = tiny_spec(teacher_model.id)
+        spec.device = pb.DEVICE_CUDA
+        assert create(spec).code() == code.FAILED_PRECONDITION
+
+    assert _health(server[0]) == health_pb2.HealthCheckResponse.SERVING
