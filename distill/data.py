@@ -12,9 +12,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
-from torchvision.transforms.v2 import functional as TF
+from PIL import Image
 
 
 @dataclass
@@ -136,7 +137,7 @@ def load_image_folder(directory: Path, image_size: int = 32, channels: int = 3, 
     unknown = set(found) - set(classes)
     if unknown:
         raise ValueError(f"{directory} has classes the training split lacks: {sorted(unknown)}")
-    mode = torchvision.io.ImageReadMode.GRAY if channels == 1 else torchvision.io.ImageReadMode.RGB
+    mode = "L" if channels == 1 else "RGB"
     images, labels = [], []
     for index, name in enumerate(classes):
         class_dir = directory / name
@@ -145,10 +146,12 @@ def load_image_folder(directory: Path, image_size: int = 32, channels: int = 3, 
         for path in sorted(class_dir.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            image = torchvision.io.decode_image(str(path), mode=mode)
-            if image.shape[1:] != (image_size, image_size):
-                image = TF.resize(image, [image_size, image_size], antialias=True)
-            images.append(image)
+            with Image.open(path) as image:
+                image = image.convert(mode)
+                if image.size != (image_size, image_size):
+                    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+                pixels = np.asarray(image, dtype=np.uint8)
+            images.append(torch.from_numpy(pixels.reshape(image_size, image_size, channels).copy()).permute(2, 0, 1))
             labels.append(index)
     if not images:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {directory}")

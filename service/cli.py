@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -158,6 +157,15 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout).status
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -250,6 +258,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="*")
     s.add_argument("-o", "--output", default=".")
     s.set_defaults(fn=cmd_download)
+
+    s = sub.add_parser("health", help="exit 0 when the server reports SERVING (grpc.health.v1)")
+    s.add_argument("--timeout", type=float, default=5.0)
+    s.set_defaults(fn=cmd_health)
 
     s = sub.add_parser("demo", help="train a teacher, distil it through a real server, print the report")
     s.add_argument("-o", "--output", default="demo-output")

@@ -37,5 +37,7 @@ def test_upload_submit_wait_report(server, teacher_file: Path, tmp_path: Path, c
     assert cli.main([*address, "download", job_id, "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "student.onnx").exists()
 
+    assert cli.main([*address, "health"]) == 0
+    assert "SERVING" in capsys.readouterr().out
     assert cli.main([*address, "status", "j-missing"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err

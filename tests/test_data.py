@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
+from PIL import Image
 
 from distill import data, evaluate, losses, models, trainer
 
@@ -75,8 +75,8 @@ def test_image_folder_decodes_and_resizes(tmp_path: Path) -> None:
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(3):
-                image = torch.randint(0, 256, (3, 40, 36), dtype=torch.uint8)
-                torchvision.io.write_png(image, str(tmp_path / split / cls / f"{i}.png"))
+                pixels = np.random.default_rng(i).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     train = data.load_image_folder(tmp_path / "train", image_size=32, channels=3)
     val = data.load_image_folder(tmp_path / "val", image_size=32, channels=3, classes=train.classes)
     assert train.images.shape == (6, 3, 32, 32) and train.classes == ["cat", "dog"]

@@ -1,0 +1,59 @@
+"""Spec validation: defaults, ranges, and the README's example spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from protos.distillery.v1 import distillery_pb2 as pb
+from service import specs
+from service.errors import InvalidArgument
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_spec_is_valid(tmp_path: Path) -> None:
+    spec = json_format.ParseDict(yaml.safe_load((REPO / "examples/mnist-kd.yaml").read_text()), pb.JobSpec())
+    spec.teacher_model_id = "m-x"
+    plan = specs.plan(spec, (tmp_path,), cuda_available=False)
+    assert plan.dataset.root == tmp_path.resolve() and plan.training.device == "cpu"
+    assert str(plan.loss) == "kd(T=4, alpha=0.9)"
+
+
+def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
+    spec = pb.JobSpec(
+        teacher_model_id="m-x",
+        student=pb.StudentSpec(architecture="lenet5_half"),
+        dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+    )
+    plan = specs.plan(spec, (tmp_path,), cuda_available=True)
+    assert plan.training.epochs == 10 and plan.training.lr == 0.05 and plan.training.device == "cuda"
+    assert plan.benchmark.batch_sizes == (1, 32) and plan.opset == 18 and plan.parity_tolerance == pytest.approx(1e-4)
+    assert plan.dataset.generated["train_size"] == 6000
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s.training.__setattr__("batch_size", -5), "batch_size"),
+        (lambda s: s.losses.add(kd=pb.KnowledgeDistillation(temperature=-1)), "temperature"),
+        (lambda s: s.losses.add(), "names no method"),
+        (lambda s: s.export.__setattr__("opset", 7), "export.opset"),
+        (lambda s: s.benchmark.batch_sizes.append(0), "batch_sizes"),
+        (lambda s: s.dataset.generated.__setattr__("num_classes", 50), "num_classes"),
+        (lambda s: s.dataset.mean.extend([0.5, 0.5]), "mean"),
+        (lambda s: s.dataset.torchvision.__setattr__("name", "ImageNet"), "unknown"),
+    ],
+)
+def test_out_of_range_fields_are_named(tmp_path: Path, mutate, message: str) -> None:
+    spec = pb.JobSpec(
+        teacher_model_id="m-x",
+        student=pb.StudentSpec(architecture="lenet5_half"),
+        dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+    )
+    mutate(spec)
+    with pytest.raises(InvalidArgument, match=message):
+        specs.plan(spec, (tmp_path,), cuda_available=False)
