@@ -40,9 +40,9 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-# Engine errors caused by what the user sent, and the code a job that hits them ends with.
+# Errors the engine and exporters raise, and the code a request or job that hits them ends with.
+# Order matters: the first matching type wins (subclasses before ValueError).
 _CODE_BY_TYPE: list[tuple[type[BaseException], grpc.StatusCode]] = [
-    (ServiceError, grpc.StatusCode.INTERNAL),  # replaced by the instance's own code below
     (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownArchitectureError, grpc.StatusCode.INVALID_ARGUMENT),
     (FileNotFoundError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -65,7 +65,7 @@ def status_code(error: BaseException) -> grpc.StatusCode:
 
 
 def describe(error: BaseException) -> str:
-    """A readable one-line message: the error's own text for known errors, type and text otherwise."""
-    if status_code(error) != grpc.StatusCode.INTERNAL or isinstance(error, (ParityError, ExportError)):
-        return str(error)
-    return f"internal error ({type(error).__name__}): {error}"
+    """A readable one-line message: the error's own text when it is a known kind, else its type too."""
+    known = isinstance(error, (ServiceError, *(error_type for error_type, _ in _CODE_BY_TYPE)))
+    message = " ".join(str(error).split())[:2000]  # one line, whatever the library printed
+    return message if known else f"internal error ({type(error).__name__}): {message}"

@@ -240,7 +240,9 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
         job = self._job(request.job_id)
         if job.state != pb.JOB_STATE_SUCCEEDED:
             raise FailedPrecondition(f"job {job.id} is {pb.JobState.Name(job.state)}; a report exists once it SUCCEEDED")
-        artifact = next(a for a in job.artifacts if a.name == "report.json")
+        artifact = next((a for a in job.artifacts if a.name == "report.json"), None)
+        if artifact is None:
+            raise ServiceError(f"job {job.id} succeeded but its report.json is missing")
         report = json_format.Parse(self.blobs.path(artifact.sha256).read_text(), pb.Report())
         return pb.GetReportResponse(report=report)
 

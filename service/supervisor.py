@@ -80,7 +80,13 @@ class Supervisor:
             process = self._context.Process(
                 target=worker.main, args=(self.config, job_id), name=f"distillery-worker-{job_id}"
             )
-            process.start()
+            try:
+                process.start()
+            except OSError as e:  # no memory or PIDs left for a new process
+                self.store.transition(
+                    job_id, pb.JOB_STATE_FAILED, f"could not start a worker: {e}", grpc.StatusCode.UNAVAILABLE.value[0]
+                )
+                continue
             self.running[job_id] = process
             log.info("job %s started in worker pid %s", job_id, process.pid)
         watermark = self.store.event_watermark()

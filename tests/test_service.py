@@ -105,14 +105,18 @@ def test_list_jobs_pages_and_filters(finished_job, client: Client) -> None:
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_cancel_running_job(client: Client, teacher_model: pb.Model) -> None:
+def test_one_job_at_a_time_and_cancel(client: Client, teacher_model: pb.Model) -> None:
     spec = tiny_spec(teacher_model.id)
     spec.training.epochs = 500
     job = client.create_job(spec)
+    waiting = client.create_job(spec)
     deadline = time.time() + 60
     while client.get_job(job.id).stage != "distil" and time.time() < deadline:
         time.sleep(0.2)
     assert client.get_job(job.id).state == pb.JOB_STATE_RUNNING
+    # The server runs --max-concurrent-jobs 1 (the default): the second job queues.
+    assert client.get_job(waiting.id).state == pb.JOB_STATE_QUEUED
+    assert client.cancel(waiting.id).state == pb.JOB_STATE_CANCELLED
     started = time.time()
     cancelled = client.cancel(job.id)
     assert cancelled.state == pb.JOB_STATE_CANCELLED and cancelled.error.code == grpc.StatusCode.CANCELLED.value[0]
