@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from distill import data, evaluate, losses, models, trainer
+from distill import data, evaluate, models, trainer
 
 
 def main() -> None:
@@ -36,13 +36,8 @@ def main() -> None:
     splits = data.Splits(train, test)
     model = models.build(args.architecture, len(train.classes), train.input_shape[0])
     started = time.perf_counter()
-    trainer.distil(
-        model,
-        None,
-        losses.WeightedLoss(((1.0, losses.CrossEntropy()),)),
-        splits.train,
-        splits.normalization,
-        trainer.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed),
+    trainer.train_from_labels(
+        model, splits, trainer.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     )
     result = evaluate.accuracy(trainer.predict_logits(model, test, splits.normalization), test.labels)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.data import ImageData, Normalization
-from distill.losses import WeightedLoss
+from distill.data import ImageData, Normalization, Splits
+from distill.losses import CrossEntropy, WeightedLoss
 
 
 class TrainingDivergedError(RuntimeError):
@@ -203,6 +203,11 @@ def distil(
         final_loss = epoch_loss / max(1, steps_per_epoch - offset)
     student.eval()
     return TrainResult(steps=total_steps, final_loss=final_loss, wall_seconds=time.perf_counter() - started)
+
+
+def train_from_labels(model: nn.Module, splits: Splits, config: TrainConfig) -> TrainResult:
+    """Plain supervised training (cross-entropy on the labels): how users make teachers."""
+    return distil(model, None, WeightedLoss(((1.0, CrossEntropy()),)), splits.train, splits.normalization, config)
 
 
 def _autocast(device: str) -> torch.autocast:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from distill import data, losses, models, trainer
+from distill import data, models, trainer
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.cli import ProgressBar
 from service.client import Client
@@ -31,14 +31,7 @@ def train_teacher(path: Path) -> None:
     train, val = data.generated_splits(**GENERATED)
     splits = data.Splits(train, val)
     model = models.build(TEACHER, GENERATED["num_classes"], GENERATED["channels"])
-    trainer.distil(
-        model,
-        None,
-        losses.WeightedLoss(((1.0, losses.CrossEntropy()),)),
-        splits.train,
-        splits.normalization,
-        trainer.TrainConfig(epochs=8, batch_size=64, seed=1),
-    )
+    trainer.train_from_labels(model, splits, trainer.TrainConfig(epochs=8, batch_size=64, seed=1))
     torch.save(model.state_dict(), path)
 
 

@@ -276,23 +276,10 @@ class Job:
         m: Measured,
     ) -> pb.Report:
         shape = splits.train.input_shape
-        teacher_cpu = teacher.model.cpu()
         report = pb.Report(
             job_id=self.job_id,
-            teacher=pb.ModelCard(
-                architecture=teacher.architecture,
-                parameters=count_parameters(teacher_cpu),
-                macs=_macs_or_zero(teacher_cpu, shape),
-                num_classes=teacher.num_classes,
-                input_shape=shape,
-            ),
-            student=pb.ModelCard(
-                architecture=plan.student_architecture,
-                parameters=count_parameters(student),
-                macs=_macs_or_zero(student, shape),
-                num_classes=teacher.num_classes,
-                input_shape=shape,
-            ),
+            teacher=_model_card(teacher.architecture, teacher.model.cpu(), teacher.num_classes, shape),
+            student=_model_card(plan.student_architecture, student, teacher.num_classes, shape),
             training=pb.TrainingSummary(
                 method=str(plan.loss),
                 epochs=plan.training.epochs,
@@ -344,12 +331,19 @@ class Job:
         return report
 
 
-def _macs_or_zero(model: torch.nn.Module, shape: tuple[int, int, int]) -> int:
+def _model_card(architecture: str, model: torch.nn.Module, num_classes: int, shape: tuple[int, int, int]) -> pb.ModelCard:
     try:
-        return count_macs(model, shape)
+        macs = count_macs(model, shape)
     except Exception:  # an opaque teacher may not run under the flop counter
-        log.warning("could not count MACs", exc_info=True)
-        return 0
+        log.warning("could not count MACs of %s", architecture, exc_info=True)
+        macs = 0
+    return pb.ModelCard(
+        architecture=architecture,
+        parameters=count_parameters(model),
+        macs=macs,
+        num_classes=num_classes,
+        input_shape=shape,
+    )
 
 
 def _environment(threads: int) -> pb.Environment:

@@ -10,7 +10,7 @@ import grpc
 import pytest
 import torch
 
-from distill import data, losses, models, trainer
+from distill import data, models, trainer
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from service.server import spawn_server
@@ -49,14 +49,7 @@ def train_tiny_teacher(architecture: str = "lenet5", epochs: int = 3, **generate
     train, val = data.generated_splits(**params)
     splits = data.Splits(train, val)
     model = models.build(architecture, params["num_classes"], params["channels"])
-    trainer.distil(
-        model,
-        None,
-        losses.WeightedLoss(((1.0, losses.CrossEntropy()),)),
-        splits.train,
-        splits.normalization,
-        trainer.TrainConfig(epochs=epochs, batch_size=32, seed=0),
-    )
+    trainer.train_from_labels(model, splits, trainer.TrainConfig(epochs=epochs, batch_size=32, seed=0))
     return model.eval()
 
 

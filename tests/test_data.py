@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from distill import data, evaluate, losses, models, trainer
+from distill import data, evaluate, models, trainer
 
 
 def test_generated_is_deterministic_per_seed_and_covers_all_classes() -> None:
@@ -26,14 +26,7 @@ def test_generated_is_deterministic_per_seed_and_covers_all_classes() -> None:
 
 
 def _fit(model: torch.nn.Module, splits: data.Splits, epochs: int, optimizer: str) -> float:
-    trainer.distil(
-        model,
-        None,
-        losses.WeightedLoss(((1.0, losses.CrossEntropy()),)),
-        splits.train,
-        splits.normalization,
-        trainer.TrainConfig(epochs=epochs, batch_size=32, optimizer=optimizer),
-    )
+    trainer.train_from_labels(model, splits, trainer.TrainConfig(epochs=epochs, batch_size=32, optimizer=optimizer))
     return evaluate.accuracy(trainer.predict_logits(model, splits.val, splits.normalization), splits.val.labels).top1
 
 
