@@ -40,6 +40,15 @@ class ImageData:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def without_classes(self, classes: tuple[int, ...]) -> ImageData:
+        """The samples of every other class (class indices and names unchanged)."""
+        if not classes:
+            return self
+        keep = ~torch.isin(self.labels, torch.tensor(classes))
+        if not keep.any():
+            raise ValueError("excluding those classes leaves no training data")
+        return ImageData(self.images[keep], self.labels[keep], self.classes)
+
     def subset(self, limit: int, seed: int) -> ImageData:
         """The first ``limit`` samples of a seeded shuffle (all when limit <= 0)."""
         if limit <= 0 or limit >= len(self):

@@ -12,14 +12,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from distill import features
 from distill.data import ImageData, Normalization, Splits
-from distill.losses import CrossEntropy, WeightedLoss
+from distill.losses import CrossEntropy, Step, WeightedLoss
 
 
 class TrainingDivergedError(RuntimeError):
@@ -75,6 +78,7 @@ class Progress:
     total_steps: int
     epoch: int
     loss: float  # mean over the steps since the previous report
+    pretraining: bool = False  # in a method's first stage (hint / flow transfer)
 
 
 @dataclass(frozen=True)
@@ -122,92 +126,134 @@ def distil(
     on_checkpoint: CheckpointFn | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``student`` in place; returns when the step budget is spent."""
+    """Train ``student`` in place; returns when the step budget is spent.
+
+    Methods with a first stage (FitNets, FSP) get ``loss_fn.pretrain_epochs``
+    epochs of their stage-one loss before ``config.epochs`` of the full loss.
+    """
     if loss_fn.needs_teacher and teacher is None:
         raise ValueError(f"{loss_fn} needs a teacher")
     device = config.device
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     student.to(device).train()
+    loss_fn.to(device).train()
     if device.startswith("cuda"):
         student.to(memory_format=torch.channels_last)
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    optimizer = _optimizer(student, config)
-    schedule = _schedule(optimizer, config, total_steps)
+    pretrain_steps = steps_per_epoch * loss_fn.pretrain_epochs
+    total_steps = pretrain_steps + steps_per_epoch * config.epochs
+    trained = [*student.parameters(), *loss_fn.parameters()]  # adapters learn with the student
+    optimizer = _optimizer(student, loss_fn, config)
+    schedule = _schedule(optimizer, config, [pretrain_steps, total_steps - pretrain_steps])
 
     images, labels = train.images, train.labels
     if device != "cpu" and images.numel() <= _DEVICE_DATA_BYTES:
         images, labels = images.to(device), labels.to(device)
+    teacher_layers, student_layers = loss_fn.teacher_layers(), loss_fn.student_layers()
+    # Teacher logits are fixed per sample, unless the teacher must run anyway (for its
+    # features) or sees distorted inputs.
     teacher_logits = None
-    if teacher is not None and len(train) * 4 * _num_outputs(student, train, device) <= _LOGIT_CACHE_BYTES:
+    cacheable = not teacher_layers and loss_fn.views == 1 and loss_fn.needs_teacher
+    if teacher is not None and cacheable and len(train) * 4 * _num_outputs(student, train, device) <= _LOGIT_CACHE_BYTES:
         teacher_logits = predict_logits(teacher, train, normalization, device).to(images.device)
 
     step = 0
     if resume_from is not None:
         student.load_state_dict(resume_from["student"])
+        loss_fn.load_state_dict(resume_from["loss"])
         optimizer.load_state_dict(resume_from["optimizer"])
         schedule.load_state_dict(resume_from["schedule"])
         step = int(resume_from["step"])
 
+    student_store: dict[str, torch.Tensor] = {}
+    teacher_store: dict[str, torch.Tensor] = {}
     window_loss, window_steps, last_report = 0.0, 0, time.perf_counter()
     epoch_loss, final_loss = 0.0, math.nan
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        order = order.to(images.device)
-        epoch_loss = 0.0
-        for batch_start in range(offset * config.batch_size, len(train), config.batch_size):
-            index = order[batch_start : batch_start + config.batch_size]
-            x = normalization.apply(images[index].to(device, non_blocking=True))
-            y = labels[index].to(device, non_blocking=True)
-            if device.startswith("cuda"):
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                if teacher_logits is not None:
-                    t_logits = teacher_logits[index].to(device, non_blocking=True)
-                elif teacher is not None:
-                    with torch.inference_mode():
-                        t_logits = teacher(x).clone()
-                else:
-                    t_logits = None
-                loss = loss_fn(student(x), t_logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            step += 1
+    with features.tap(student, student_layers, student_store), (
+        features.tap(teacher, teacher_layers, teacher_store) if teacher_layers else nullcontext()
+    ):
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            pretraining = step < pretrain_steps
+            # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+            order = order.to(images.device)
+            epoch_loss = 0.0
+            for batch_start in range(offset * config.batch_size, len(train), config.batch_size):
+                index = order[batch_start : batch_start + config.batch_size]
+                x = normalization.apply(images[index].to(device, non_blocking=True))
+                y = labels[index].to(device, non_blocking=True)
+                if device.startswith("cuda"):
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    if loss_fn.views == 2:  # self-distillation: two distortions, no clean view
+                        x, second = distort(x), distort(x)
+                    batch = Step(student_logits=student(x), labels=y, student_features=dict(student_store))
+                    if loss_fn.views == 2:
+                        batch.second_logits = student(second)
+                        batch.second_features = dict(student_store)
+                    if teacher_logits is not None:
+                        batch.teacher_logits = teacher_logits[index].to(device, non_blocking=True)
+                    elif teacher is not None and loss_fn.needs_teacher:
+                        with torch.no_grad():
+                            batch.teacher_logits = teacher(x)
+                        batch.teacher_features = dict(teacher_store)
+                    loss = loss_fn(batch, pretraining=pretraining)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                step += 1
 
-            step_loss = float(loss.detach())  # one sync per step; cheap next to the step itself
-            epoch_loss += step_loss
-            window_loss += step_loss
-            window_steps += 1
-            if not math.isfinite(window_loss):
-                raise TrainingDivergedError(f"loss became {window_loss} at step {step}; lower the learning rate")
-            now = time.perf_counter()
-            if on_progress and (now - last_report >= 0.5 or step == total_steps):
-                on_progress(Progress(step, total_steps, epoch, window_loss / window_steps))
-                window_loss, window_steps, last_report = 0.0, 0, now
-            if on_checkpoint and step % config.checkpoint_interval_steps == 0 and step < total_steps:
-                on_checkpoint(
-                    {
-                        "step": step,
-                        "student": student.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                    }
-                )
-        final_loss = epoch_loss / max(1, steps_per_epoch - offset)
+                step_loss = float(loss.detach())  # one sync per step; cheap next to the step itself
+                epoch_loss += step_loss
+                window_loss += step_loss
+                window_steps += 1
+                if not math.isfinite(window_loss):
+                    raise TrainingDivergedError(f"loss became {window_loss} at step {step}; lower the learning rate")
+                now = time.perf_counter()
+                at_boundary = step % steps_per_epoch == 0 or step in (pretrain_steps, total_steps)
+                if on_progress and (now - last_report >= 0.5 or at_boundary):
+                    on_progress(Progress(step, total_steps, epoch, window_loss / window_steps, pretraining))
+                    window_loss, window_steps, last_report = 0.0, 0, now
+                if on_checkpoint and step % config.checkpoint_interval_steps == 0 and step < total_steps:
+                    on_checkpoint(
+                        {
+                            "step": step,
+                            "student": student.state_dict(),
+                            "loss": loss_fn.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                        }
+                    )
+                if step == pretrain_steps and pretraining:
+                    break  # stage one ends here, mid-epoch if need be
+            final_loss = epoch_loss / max(1, steps_per_epoch - offset)
     student.eval()
     return TrainResult(steps=total_steps, final_loss=final_loss, wall_seconds=time.perf_counter() - started)
 
 
+def distort(x: torch.Tensor) -> torch.Tensor:
+    """A random label-preserving distortion per image: rotation up to 10 degrees, scale 0.9-1.1, shift up to 10%.
+
+    One batched affine warp on the device (no per-sample Python).
+    """
+    n = x.shape[0]
+    angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(10)
+    scale = 0.9 + 0.2 * torch.rand(n, device=x.device)
+    shift = (torch.rand(n, 2, device=x.device) * 2 - 1) * 0.2  # grid units: 2 = the whole image
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def train_from_labels(model: nn.Module, splits: Splits, config: TrainConfig) -> TrainResult:
     """Plain supervised training (cross-entropy on the labels): how users make teachers."""
-    return distil(model, None, WeightedLoss(((1.0, CrossEntropy()),)), splits.train, splits.normalization, config)
+    return distil(model, None, WeightedLoss([(1.0, CrossEntropy())]), splits.train, splits.normalization, config)
 
 
 def _autocast(device: str) -> torch.autocast:
@@ -226,20 +272,28 @@ def _num_outputs(model: nn.Module, data: ImageData, device: str) -> int:
     return int(n)
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, loss_fn: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on biases and norm parameters (standard practice; it
     # only shrinks them without regularising anything).
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    params = [*model.parameters(), *loss_fn.parameters()]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.wd}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "adam":
         return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, stage_steps: list[int]) -> torch.optim.lr_scheduler.LRScheduler:
+    """Constant, or a cosine from the base rate to zero over each stage."""
     if config.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
+
+    def factor(step: int) -> float:
+        for length in stage_steps:
+            if step < length:
+                return 0.5 * (1 + math.cos(math.pi * step / length))
+            step -= length
+        return 0.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

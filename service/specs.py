@@ -31,6 +31,7 @@ class DatasetPlan:
     max_val_samples: int = 0
     seed: int = 0
     normalization: data.Normalization | None = None
+    exclude_classes: tuple[int, ...] = ()
 
     def load(self) -> data.Splits:
         """Read (or generate) the splits. Runs in the worker."""
@@ -47,8 +48,10 @@ class DatasetPlan:
             raise ValueError(
                 f"dataset.mean/std give {len(self.normalization.mean)} channels, the images have {train.input_shape[0]}"
             )
+        if any(not 0 <= c < len(train.classes) for c in self.exclude_classes):
+            raise ValueError(f"dataset.exclude_classes must name classes 0..{len(train.classes) - 1}")
         return data.Splits(
-            train.subset(self.max_train_samples, self.seed),
+            train.without_classes(self.exclude_classes).subset(self.max_train_samples, self.seed),
             val.subset(self.max_val_samples, self.seed + 1),
             self.normalization,
         )
@@ -68,7 +71,7 @@ class JobPlan:
     teacher_model_id: str
     student_architecture: str
     dataset: DatasetPlan
-    loss: losses.WeightedLoss
+    methods: list[losses.MethodConfig]
     training: TrainConfig
     opset: int
     parity_tolerance: float
@@ -136,22 +139,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
     except ValueError as e:
         raise InvalidArgument(f"training: {e}") from e
 
-    terms = []
-    for i, term in enumerate(spec.losses or [pb.LossTerm(kd=pb.KnowledgeDistillation())]):
-        which = term.WhichOneof("method")
-        if which is None:
-            raise InvalidArgument(f"losses[{i}] names no method; known: kd")
-        try:
-            loss: losses.Loss = losses.KnowledgeDistillation(
-                temperature=_or_default(term.kd.temperature, 4.0), alpha=_or_default(term.kd.alpha, 0.9)
-            )
-        except ValueError as e:
-            raise InvalidArgument(f"losses[{i}].{which}: {e}") from e
-        terms.append((_or_default(term.weight, 1.0), loss))
-    try:
-        weighted = losses.WeightedLoss(tuple(terms))
-    except ValueError as e:
-        raise InvalidArgument(f"losses: {e}") from e
+    methods = [_method(i, term) for i, term in enumerate(spec.losses or [pb.LossTerm(kd=pb.KnowledgeDistillation())])]
 
     opset = spec.export.opset or 18
     _in_range(opset, 13, 23, "export.opset")
@@ -178,12 +166,48 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
         teacher_model_id=spec.teacher_model_id,
         student_architecture=arch,
         dataset=_dataset_plan(spec.dataset, data_roots, t.seed),
-        loss=weighted,
+        methods=methods,
         training=training,
         opset=opset,
         parity_tolerance=tolerance,
         benchmark=benchmark,
     )
+
+
+# Per method: parameter -> (default, low, high). Zero in the spec means the default.
+_METHOD_PARAMS: dict[str, dict[str, tuple[float, float, float]]] = {
+    "kd": {"temperature": (4.0, 0.05, 100.0), "alpha": (0.9, 0.0, 1.0)},
+    "cross_entropy": {},
+    "fitnet": {"hint_epochs": (2, 1, 1000)},
+    "attention": {"beta": (1000.0, 1e-6, 1e6)},
+    "fsp": {"flow_epochs": (2, 1, 1000)},
+    "self_distill": {"kl_weight": (1.0, 0.0, 1e3), "mmd_weight": (1.0, 0.0, 1e3)},
+}
+
+
+def _method(index: int, term: pb.LossTerm) -> losses.MethodConfig:
+    name = term.WhichOneof("method")
+    where = f"losses[{index}]"
+    if name is None:
+        raise InvalidArgument(f"{where} names no method; known: {', '.join(_METHOD_PARAMS)}")
+    message = getattr(term, name)
+    params = {}
+    for param, (default, low, high) in _METHOD_PARAMS[name].items():
+        value = getattr(message, param) or default
+        _in_range(value, low, high, f"{where}.{name}.{param}")
+        params[param] = value
+    weight = _or_default(term.weight, 1.0)
+    _in_range(weight, 1e-6, 1000, f"{where}.weight")
+    if name == "fitnet":
+        named = [message.hint] if message.HasField("hint") else []
+    else:
+        named = list(getattr(message, "layers", []))
+    for pair in named:
+        if not pair.teacher or not pair.student:
+            raise InvalidArgument(f"{where}.{name}: a layer pair needs both a teacher and a student module path")
+    if name == "fsp" and len(named) == 1:
+        raise InvalidArgument(f"{where}.fsp needs at least two layer pairs (a flow runs between two layers)")
+    return losses.MethodConfig(name, weight, params, tuple((p.teacher, p.student) for p in named))
 
 
 def _dataset_plan(spec: pb.DatasetSpec, roots: tuple[Path, ...], seed: int) -> DatasetPlan:
@@ -201,6 +225,7 @@ def _dataset_plan(spec: pb.DatasetSpec, roots: tuple[Path, ...], seed: int) -> D
         "max_val_samples": spec.max_val_samples,
         "seed": seed,
         "normalization": normalization,
+        "exclude_classes": tuple(spec.exclude_classes),
     }
     source = spec.WhichOneof("source")
     if source == "generated":

@@ -29,7 +29,8 @@ from distill import models
 from distill.benchmark import LatencyStats, count_macs, count_parameters, measure_latency, torch_runner
 from distill.data import Splits
 from distill.evaluate import AccuracyResult, accuracy
-from distill.loading import FORMATS, Teacher, load_teacher
+from distill.loading import FORMATS, STATE_DICT, Teacher, load_teacher
+from distill.losses import build_loss
 from distill.trainer import Progress, TrainResult, distil, predict_logits
 from exporters import onnx_export
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -119,7 +120,7 @@ class Job:
                 step=p.step,
                 total_steps=p.total_steps,
                 loss=p.loss,
-                metrics={"epoch": p.epoch},
+                metrics={"epoch": p.epoch, "pretraining": float(p.pretraining)},
             ),
         )
 
@@ -156,17 +157,24 @@ class Job:
 
         self.stage("build_student", plan.student_architecture)
         student = models.build(plan.student_architecture, teacher.num_classes, splits.train.input_shape[0])
+        loss = build_loss(
+            plan.methods,
+            teacher.model,
+            student,
+            splits.train.input_shape,
+            teacher_exposes_modules=teacher.format == STATE_DICT,
+        )
 
         resume = None
         if self.checkpoint_path.exists():
             resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
             self.stage("distil", f"resuming from step {resume['step']}")
         else:
-            self.stage("distil", str(plan.loss))
+            self.stage("distil", str(loss))
         trained = distil(
             student,
             teacher.model,
-            plan.loss,
+            loss,
             splits.train,
             splits.normalization,
             plan.training,
@@ -215,7 +223,7 @@ class Job:
 
         self.stage("report")
         measured = Measured(teacher_acc, student_acc, onnx_acc, trained, exported, parity, latency, files)
-        report = self.build_report(plan, model_row, teacher, student, splits, measured)
+        report = self.build_report(plan, str(loss), model_row, teacher, student, splits, measured)
         files["report.json"] = self.workdir / "report.json"
         files["report.json"].write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
         files["report.md"] = self.workdir / "report.md"
@@ -269,6 +277,7 @@ class Job:
     def build_report(
         self,
         plan: specs.JobPlan,
+        method: str,
         model_row: pb.Model,
         teacher: Teacher,
         student: torch.nn.Module,
@@ -281,7 +290,7 @@ class Job:
             teacher=_model_card(teacher.architecture, teacher.model.cpu(), teacher.num_classes, shape),
             student=_model_card(plan.student_architecture, student, teacher.num_classes, shape),
             training=pb.TrainingSummary(
-                method=str(plan.loss),
+                method=method,
                 epochs=plan.training.epochs,
                 steps=m.train.steps,
                 final_loss=m.train.final_loss,

@@ -6,50 +6,107 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from distill.losses import CrossEntropy, KnowledgeDistillation, WeightedLoss
+from distill import losses
+from distill.losses import Step
 
 
-def _softmax(values: list[float], t: float) -> list[float]:
+def _softmax(values: list[float], t: float = 1.0) -> list[float]:
     exps = [math.exp(v / t) for v in values]
     return [e / sum(exps) for e in exps]
 
 
+def _kl(p: list[float], q: list[float]) -> float:
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))
+
+
 def test_kd_matches_hinton_formula_by_hand() -> None:
     student, teacher, label, t, alpha = [1.0, 2.0, 0.5], [3.0, 0.0, -1.0], 0, 4.0, 0.7
-    p_t, p_s = _softmax(teacher, t), _softmax(student, t)
-    kl = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
-    ce = -math.log(_softmax(student, 1.0)[label])
+    kl = _kl(_softmax(teacher, t), _softmax(student, t))
+    ce = -math.log(_softmax(student)[label])
     expected = alpha * t * t * kl + (1 - alpha) * ce
-
-    loss = KnowledgeDistillation(temperature=t, alpha=alpha)(
-        torch.tensor([student]), torch.tensor([teacher]), torch.tensor([label])
-    )
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    step = Step(torch.tensor([student]), torch.tensor([label]), teacher_logits=torch.tensor([teacher]))
+    assert losses.KnowledgeDistillation(t, alpha)(step).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_kd_without_labels_is_the_soft_term_alone() -> None:
     student, teacher, t = [0.2, -0.3], [1.5, 0.5], 2.0
-    p_t, p_s = _softmax(teacher, t), _softmax(student, t)
-    kl = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
-    loss = KnowledgeDistillation(temperature=t, alpha=0.5)(torch.tensor([student]), torch.tensor([teacher]), None)
-    assert loss.item() == pytest.approx(t * t * kl, rel=1e-5)
+    expected = t * t * _kl(_softmax(teacher, t), _softmax(student, t))
+    step = Step(torch.tensor([student]), None, teacher_logits=torch.tensor([teacher]))
+    assert losses.KnowledgeDistillation(t, 0.5)(step).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_kd_is_zero_when_student_equals_teacher_without_labels() -> None:
-    logits = torch.randn(8, 10)
-    assert KnowledgeDistillation()(logits, logits.clone(), None).item() == pytest.approx(0.0, abs=1e-6)
+def test_fitnet_hint_loss_by_hand() -> None:
+    # One sample, guided map of 1 channel 1x2, regressor doubles it into 2 channels.
+    regressor = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        regressor.weight.copy_(torch.tensor([[[[2.0]]], [[[-1.0]]]]))
+    guided = torch.tensor([[[[1.0, 3.0]]]])
+    hint = torch.tensor([[[[1.0, 1.0]], [[0.0, -2.0]]]])
+    # regressor(guided) = [[2, 6]], [[-1, -3]] -> diffs 1, 5, -1, -1 -> 1/2 * (1 + 25 + 1 + 1) = 14.
+    fitnet = losses.FitNet("hint", "guided", regressor)
+    step = Step(torch.zeros(1, 3), None, student_features={"guided": guided}, teacher_features={"hint": hint})
+    assert fitnet.pretrain_loss(step).item() == pytest.approx(14.0)
+    assert fitnet(step).item() == 0.0  # stage two belongs to the other losses
+
+
+def test_attention_transfer_by_hand() -> None:
+    # Student: 1 channel [[1, 0], [0, 0]] -> map (1, 0, 0, 0). Teacher: 2 channels -> mean of squares (2, 2, 0, 0)/2
+    # -> normalised (1/sqrt2, 1/sqrt2, 0, 0). Mean squared difference over 4 positions, times beta / 2.
+    student = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    teacher = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]], [[-1.0, 1.0], [0.0, 0.0]]]])
+    r = 1 / math.sqrt(2)
+    expected = 1000 / 2 * ((1 - r) ** 2 + r**2) / 4
+    at = losses.AttentionTransfer([("t", "s")], beta=1000)
+    step = Step(torch.zeros(1, 2), None, student_features={"s": student}, teacher_features={"t": teacher})
+    assert at(step).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_fsp_matrix_and_loss_by_hand() -> None:
+    # F1: 1 channel over 2 positions (1, 2); F2: 2 channels (3, 0) and (1, 1).
+    # G = F1 . F2^T / 2 = [[(3 + 0)/2, (1 + 2)/2]] = [[1.5, 1.5]].
+    f1 = torch.tensor([[[[1.0, 2.0]]]])
+    f2 = torch.tensor([[[[3.0, 0.0]], [[1.0, 1.0]]]])
+    assert losses.fsp_matrix(f1, f2).tolist() == [[[1.5, 1.5]]]
+    # The student's flow is zero: the loss is ||G_t||^2 = 4.5 (one flow between two layers).
+    fsp = losses.FlowOfSolutionProcedure([("t1", "s1"), ("t2", "s2")], adapters={})
+    step = Step(
+        torch.zeros(1, 2),
+        None,
+        teacher_features={"t1": f1, "t2": f2},
+        student_features={"s1": torch.zeros_like(f1), "s2": f2},
+    )
+    assert fsp.pretrain_loss(step).item() == pytest.approx(4.5)
+
+
+def test_self_distillation_by_hand() -> None:
+    z1, z2, label = [1.0, 0.0], [0.0, 1.0], 0
+    f1, f2 = [1.0, 2.0], [3.0, 2.0]
+    p1, p2 = _softmax(z1), _softmax(z2)
+    ce = -math.log(p1[label]) - math.log(p2[label])
+    kl = _kl(p1, p2) + _kl(p2, p1)
+    mmd = (1 - 3) ** 2 + (2 - 2) ** 2
+    sd = losses.SelfDistillation("emb", kl_weight=0.5, mmd_weight=0.25)
+    step = Step(
+        torch.tensor([z1]),
+        torch.tensor([label]),
+        student_features={"emb": torch.tensor([f1])},
+        second_logits=torch.tensor([z2]),
+        second_features={"emb": torch.tensor([f2])},
+    )
+    assert sd(step).item() == pytest.approx(ce + 0.5 * kl + 0.25 * mmd, rel=1e-5)
 
 
 def test_weighted_sum_and_validation() -> None:
-    s, t, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
-    kd, ce = KnowledgeDistillation(), CrossEntropy()
-    combined = WeightedLoss(((2.0, kd), (0.5, ce)))
-    assert combined(s, t, y).item() == pytest.approx(2 * kd(s, t, y).item() + 0.5 * ce(s, t, y).item(), rel=1e-5)
+    step = Step(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), teacher_logits=torch.randn(4, 3))
+    kd, ce = losses.KnowledgeDistillation(), losses.CrossEntropy()
+    combined = losses.WeightedLoss([(2.0, kd), (0.5, ce)])
+    assert combined(step).item() == pytest.approx(2 * kd(step).item() + 0.5 * ce(step).item(), rel=1e-5)
     assert str(combined) == "2*kd(T=4, alpha=0.9) + 0.5*cross_entropy"
     with pytest.raises(ValueError):
-        KnowledgeDistillation(temperature=0)
+        losses.KnowledgeDistillation(temperature=0)
     with pytest.raises(ValueError):
-        KnowledgeDistillation(alpha=1.5)
+        losses.KnowledgeDistillation(alpha=1.5)
     with pytest.raises(ValueError):
-        WeightedLoss(())
+        losses.WeightedLoss([])

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from distill import losses
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import specs
 from service.errors import InvalidArgument
@@ -20,7 +21,7 @@ def test_example_spec_is_valid(tmp_path: Path) -> None:
     spec.teacher_model_id = "m-x"
     plan = specs.plan(spec, (tmp_path,), cuda_available=False)
     assert plan.dataset.root == tmp_path.resolve() and plan.training.device == "cpu"
-    assert str(plan.loss) == "kd(T=4, alpha=0.9)"
+    assert plan.methods == [losses.MethodConfig("kd", 1.0, {"temperature": 4.0, "alpha": 0.9})]
 
 
 def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
@@ -41,6 +42,10 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
         (lambda s: s.training.__setattr__("batch_size", -5), "batch_size"),
         (lambda s: s.losses.add(kd=pb.KnowledgeDistillation(temperature=-1)), "temperature"),
         (lambda s: s.losses.add(), "names no method"),
+        (lambda s: s.losses.add(attention=pb.AttentionTransfer(beta=-1)), "attention.beta"),
+        (lambda s: s.losses.add(fsp=pb.FlowOfSolutionProcedure(layers=[pb.LayerPair(teacher="a", student="b")])), "two layer pairs"),
+        (lambda s: s.losses.add(fitnet=pb.FitNet(hint=pb.LayerPair(teacher="a"))), "both a teacher and a student"),
+        (lambda s: s.losses.add(weight=-2, kd=pb.KnowledgeDistillation()), "weight"),
         (lambda s: s.export.__setattr__("opset", 7), "export.opset"),
         (lambda s: s.benchmark.batch_sizes.append(0), "batch_sizes"),
         (lambda s: s.dataset.generated.__setattr__("num_classes", 50), "num_classes"),

@@ -1,4 +1,4 @@
-"""The trainer learns, checkpoints and resumes to the same result."""
+"""The trainer learns with every method, checkpoints, and resumes to the same result."""
 
 from __future__ import annotations
 
@@ -9,56 +9,96 @@ import pytest
 import torch
 
 from distill import data, losses, models, trainer
-
-KD = losses.WeightedLoss(((1.0, losses.KnowledgeDistillation()),))
+from distill.losses import MethodConfig
 
 
 def _splits() -> data.Splits:
     return data.Splits(*data.generated_splits(num_classes=4, train_size=400, val_size=100, seed=5))
 
 
-def test_kd_loss_falls(tiny_teacher: torch.nn.Module) -> None:
+def _kd() -> losses.WeightedLoss:
+    return losses.WeightedLoss([(1.0, losses.KnowledgeDistillation())])
+
+
+METHODS = {
+    "kd": [MethodConfig("kd")],
+    "fitnet": [MethodConfig("fitnet", params={"hint_epochs": 3}), MethodConfig("kd")],
+    "attention": [MethodConfig("attention"), MethodConfig("cross_entropy")],
+    "fsp": [MethodConfig("fsp", params={"flow_epochs": 3}), MethodConfig("cross_entropy")],
+    "self_distill": [MethodConfig("self_distill")],
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains(tiny_teacher: torch.nn.Module, method: str) -> None:
     splits = _splits()
-    seen: list[trainer.Progress] = []
     student = models.build("lenet5_half", 4, 1)
+    loss = losses.build_loss(METHODS[method], tiny_teacher, student, splits.train.input_shape)
+    seen: list[trainer.Progress] = []
     trainer.distil(
-        student, tiny_teacher, KD, splits.train, splits.normalization,
-        trainer.TrainConfig(epochs=4, batch_size=32), on_progress=seen.append,
+        student, tiny_teacher, loss, splits.train, splits.normalization,
+        trainer.TrainConfig(epochs=3, batch_size=32), on_progress=seen.append,
     )
-    first_loss = KD(
-        models.build("lenet5_half", 4, 1)(splits.normalization.apply(splits.train.images)),
-        tiny_teacher(splits.normalization.apply(splits.train.images)),
-        splits.train.labels,
-    ).item()
-    final = KD(student(splits.normalization.apply(splits.train.images)), tiny_teacher(splits.normalization.apply(splits.train.images)), splits.train.labels).item()
-    assert final < 0.5 * first_loss
-    assert seen and seen[-1].step == seen[-1].total_steps
+    for stage in (True, False):  # stage one (when the method has one), then the task
+        stage_losses = [p.loss for p in seen if p.pretraining == stage]
+        if stage_losses:
+            assert stage_losses[-1] < stage_losses[0], (method, stage, stage_losses)
+    assert any(not p.pretraining for p in seen)
+    assert seen[-1].step == seen[-1].total_steps
+
+
+def test_auto_pairing_and_adapters(tiny_teacher: torch.nn.Module) -> None:
+    student = models.build("lenet5_half", 4, 1)
+    loss = losses.build_loss([MethodConfig("fitnet"), MethodConfig("fsp")], tiny_teacher, student, (1, 28, 28))
+    fitnet, fsp = loss.terms
+    assert (fitnet.hint, fitnet.guided) == ("features.4", "features.4")  # the middle of the 4 stage pairs
+    assert fitnet.regressor.in_channels == 8 and fitnet.regressor.out_channels == 16
+    assert [t for t, _ in fsp.pairs] == ["features.1", "features.2", "features.4", "pool"]
+    assert loss.pretrain_epochs == 2 and set(loss.student_layers()) == {"features.1", "features.2", "features.4", "pool"}
+
+
+def test_feature_methods_refuse_opaque_teachers_and_bad_layers(tiny_teacher: torch.nn.Module) -> None:
+    student = models.build("lenet5_half", 4, 1)
+    with pytest.raises(ValueError, match="needs the teacher's internals"):
+        losses.build_loss([MethodConfig("attention")], tiny_teacher, student, (1, 28, 28), teacher_exposes_modules=False)
+    with pytest.raises(ValueError, match="no module 'nope'"):
+        losses.build_loss([MethodConfig("attention", layers=(("nope", "pool"),))], tiny_teacher, student, (1, 28, 28))
 
 
 def test_resume_from_checkpoint_gives_the_same_student(tiny_teacher: torch.nn.Module) -> None:
     splits = _splits()
     config = trainer.TrainConfig(epochs=2, batch_size=32, checkpoint_interval_steps=5, seed=2)
     checkpoints: list[dict[str, Any]] = []
+    configs = [MethodConfig("fitnet", params={"hint_epochs": 1}), MethodConfig("kd")]
 
     full = models.build("lenet5_half", 4, 1)
-    trainer.distil(full, tiny_teacher, KD, splits.train, splits.normalization, config, on_checkpoint=lambda state: checkpoints.append(copy.deepcopy(state)))
-    middle = checkpoints[2]  # step 15, inside the second epoch
-    assert middle["step"] == 15
+    loss = losses.build_loss(configs, tiny_teacher, full, (1, 28, 28))
+    trainer.distil(full, tiny_teacher, loss, splits.train, splits.normalization, config,
+                   on_checkpoint=lambda state: checkpoints.append(copy.deepcopy(state)))
+    middle = checkpoints[4]  # step 25, inside the second of three epochs
+    assert middle["step"] == 25
 
     resumed = models.build("lenet5_half", 4, 1)
-    trainer.distil(resumed, tiny_teacher, KD, splits.train, splits.normalization, config, resume_from=middle)
+    torch.manual_seed(99)  # adapters start elsewhere; the checkpoint must restore them
+    loss = losses.build_loss(configs, tiny_teacher, resumed, (1, 28, 28))
+    trainer.distil(resumed, tiny_teacher, loss, splits.train, splits.normalization, config, resume_from=middle)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_divergence_is_reported(tiny_teacher: torch.nn.Module) -> None:
     splits = _splits()
-    bad = losses.WeightedLoss(((1.0, losses.KnowledgeDistillation()),))
     student = models.build("lenet5_half", 4, 1)
     with torch.no_grad():
         student.classifier[-1].weight.fill_(float("nan"))
     with pytest.raises(trainer.TrainingDivergedError, match="lower the learning rate"):
-        trainer.distil(student, tiny_teacher, bad, splits.train, splits.normalization, trainer.TrainConfig(epochs=1))
+        trainer.distil(student, tiny_teacher, _kd(), splits.train, splits.normalization, trainer.TrainConfig(epochs=1))
+
+
+def test_distortion_keeps_shape_and_changes_pixels() -> None:
+    x = torch.randn(8, 3, 32, 32)
+    y = trainer.distort(x)
+    assert y.shape == x.shape and not torch.allclose(x, y)
 
 
 def test_config_rejects_nonsense() -> None:

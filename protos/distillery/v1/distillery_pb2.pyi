@@ -150,7 +150,7 @@ class StudentSpec(_message.Message):
     def __init__(self, architecture: _Optional[str] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("torchvision", "image_folder", "generated", "max_train_samples", "max_val_samples", "mean", "std")
+    __slots__ = ("torchvision", "image_folder", "generated", "max_train_samples", "max_val_samples", "mean", "std", "exclude_classes")
     TORCHVISION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FOLDER_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class DatasetSpec(_message.Message):
     MAX_VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CLASSES_FIELD_NUMBER: _ClassVar[int]
     torchvision: TorchvisionDataset
     image_folder: ImageFolderDataset
     generated: GeneratedDataset
@@ -165,7 +166,8 @@ class DatasetSpec(_message.Message):
     max_val_samples: int
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, torchvision: _Optional[_Union[TorchvisionDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., generated: _Optional[_Union[GeneratedDataset, _Mapping]] = ..., max_train_samples: _Optional[int] = ..., max_val_samples: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    exclude_classes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, torchvision: _Optional[_Union[TorchvisionDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., generated: _Optional[_Union[GeneratedDataset, _Mapping]] = ..., max_train_samples: _Optional[int] = ..., max_val_samples: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., exclude_classes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TorchvisionDataset(_message.Message):
     __slots__ = ("name", "root", "download")
@@ -206,12 +208,66 @@ class GeneratedDataset(_message.Message):
     def __init__(self, num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., train_size: _Optional[int] = ..., val_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class LossTerm(_message.Message):
-    __slots__ = ("weight", "kd")
+    __slots__ = ("weight", "kd", "cross_entropy", "fitnet", "attention", "fsp", "self_distill")
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     KD_FIELD_NUMBER: _ClassVar[int]
+    CROSS_ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    FITNET_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    FSP_FIELD_NUMBER: _ClassVar[int]
+    SELF_DISTILL_FIELD_NUMBER: _ClassVar[int]
     weight: float
     kd: KnowledgeDistillation
-    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ...) -> None: ...
+    cross_entropy: CrossEntropy
+    fitnet: FitNet
+    attention: AttentionTransfer
+    fsp: FlowOfSolutionProcedure
+    self_distill: SelfDistillation
+    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ...) -> None: ...
+
+class LayerPair(_message.Message):
+    __slots__ = ("teacher", "student")
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    student: str
+    def __init__(self, teacher: _Optional[str] = ..., student: _Optional[str] = ...) -> None: ...
+
+class CrossEntropy(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FitNet(_message.Message):
+    __slots__ = ("hint", "hint_epochs")
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    HINT_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    hint: LayerPair
+    hint_epochs: int
+    def __init__(self, hint: _Optional[_Union[LayerPair, _Mapping]] = ..., hint_epochs: _Optional[int] = ...) -> None: ...
+
+class AttentionTransfer(_message.Message):
+    __slots__ = ("layers", "beta")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerPair]
+    beta: float
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., beta: _Optional[float] = ...) -> None: ...
+
+class FlowOfSolutionProcedure(_message.Message):
+    __slots__ = ("layers", "flow_epochs")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerPair]
+    flow_epochs: int
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., flow_epochs: _Optional[int] = ...) -> None: ...
+
+class SelfDistillation(_message.Message):
+    __slots__ = ("kl_weight", "mmd_weight")
+    KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MMD_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    kl_weight: float
+    mmd_weight: float
+    def __init__(self, kl_weight: _Optional[float] = ..., mmd_weight: _Optional[float] = ...) -> None: ...
 
 class KnowledgeDistillation(_message.Message):
     __slots__ = ("temperature", "alpha")
