@@ -193,7 +193,8 @@ def _method(index: int, term: pb.LossTerm) -> losses.MethodConfig:
     message = getattr(term, name)
     params = {}
     for param, (default, low, high) in _METHOD_PARAMS[name].items():
-        value = getattr(message, param) or default
+        # Proto floats are float32: 0.9 arrives as 0.8999999761...; keep the digits the user wrote.
+        value = float(f"{getattr(message, param):.7g}") or default
         _in_range(value, low, high, f"{where}.{name}.{param}")
         params[param] = value
     weight = _or_default(term.weight, 1.0)
