@@ -121,6 +121,11 @@ def load_teacher(path: Path, fmt: str, architecture: str, input_shape: tuple[int
         raise ModelFileError(f"unknown model format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt != EXPORTED_PROGRAM:  # an exported graph is frozen in the mode it was exported in
         model.eval()
+    return describe_teacher(model, fmt, architecture, input_shape)
+
+
+def describe_teacher(model: nn.Module, fmt: str, architecture: str, input_shape: tuple[int, int, int]) -> Teacher:
+    """Freeze a loaded teacher and learn its class count from one probe forward."""
     for p in model.parameters():
         p.requires_grad_(False)
     try:

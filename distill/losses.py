@@ -338,6 +338,12 @@ METHOD_NAMES: dict[type[Loss], str] = {
 # ------------------------------------------------------------ construction
 
 
+FEATURES_NEED_MODULES = (
+    "needs the teacher's internals: upload it as a state_dict with a registry architecture; "
+    "TorchScript, torch.export and ONNX teachers distil with kd only"
+)
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """One loss term as a job asks for it: the method's name, weight and parameters.
@@ -367,10 +373,7 @@ def build_loss(
     terms: list[tuple[float, Loss]] = []
     for config in configs:
         if config.uses_features and (teacher is None or not teacher_exposes_modules):
-            raise ValueError(
-                f"{config.method} needs the teacher's internals: upload it as a state_dict with a registry "
-                "architecture; TorchScript, torch.export and ONNX teachers distil with kd only"
-            )
+            raise ValueError(f"{config.method} {FEATURES_NEED_MODULES}")
         terms.append((config.weight, _build_term(config, teacher, student, input_shape)))
     return WeightedLoss(terms)
 

@@ -60,7 +60,7 @@ def to_markdown(report: pb.Report) -> str:
 
     batch_sizes = sorted({lat.batch_size for v in report.variants for lat in v.latency})
     teacher = next((v for v in report.variants if v.model == "teacher"), None)
-    lines += ["", "## Accuracy and latency (p50 ms; speedup against the teacher in PyTorch)", ""]
+    lines += ["", "## Accuracy and latency (p50 ms; speedup against the teacher)", ""]
     header = ["variant", "top-1 %", "top-5 %", "agreement %", "file"] + [f"batch {b}" for b in batch_sizes]
     lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for v in report.variants:

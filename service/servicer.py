@@ -18,10 +18,10 @@ import grpc
 import torch
 from google.protobuf import json_format
 
-from distill import loading, models
+from distill import loading, losses, models
 from protos.distillery.v1 import distillery_pb2 as pb
 from protos.distillery.v1 import distillery_pb2_grpc as pb_grpc
-from service import specs
+from service import model_formats, specs
 from service.artifacts import BlobStore
 from service.config import ServerConfig
 from service.errors import (
@@ -40,11 +40,6 @@ from service.supervisor import Supervisor
 log = logging.getLogger("distillery.servicer")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_FORMAT_BY_NAME = {
-    loading.TORCHSCRIPT: pb.MODEL_FORMAT_TORCHSCRIPT,
-    loading.EXPORTED_PROGRAM: pb.MODEL_FORMAT_EXPORTED_PROGRAM,
-    loading.STATE_DICT: pb.MODEL_FORMAT_STATE_DICT,
-}
 MAX_PAGE_SIZE = 500
 
 
@@ -115,7 +110,7 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
                     f"sha256 mismatch: the bytes hash to {writer.hash.hexdigest()}, the header says {header.sha256}"
                 )
             try:
-                detected = _FORMAT_BY_NAME[loading.detect_format(writer.staged_path())]
+                detected = model_formats.detect(writer.staged_path())
             except loading.ModelFileError as e:
                 raise InvalidArgument(str(e)) from e
             if header.format and header.format != detected:
@@ -186,9 +181,13 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             raise InvalidArgument("request_id is longer than 128 characters")
         if not self.supervisor.accepting:
             raise Unavailable("the server is shutting down; retry on another replica or after the restart")
-        specs.plan(request.spec, self.config.data_roots, self.cuda_available)
-        if self.store.get_model(request.spec.teacher_model_id) is None:
+        plan = specs.plan(request.spec, self.config.data_roots, self.cuda_available)
+        teacher = self.store.get_model(request.spec.teacher_model_id)
+        if teacher is None:
             raise NotFound(f"teacher model {request.spec.teacher_model_id!r} not found; upload it first")
+        for method in plan.methods:
+            if method.uses_features and teacher.format != pb.MODEL_FORMAT_STATE_DICT:
+                raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")
         try:
             job, created = self.store.create_job(request.spec, request.request_id, self.config.max_queued_jobs)
         except OverflowError as e:

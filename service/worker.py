@@ -29,13 +29,13 @@ from distill import models
 from distill.benchmark import LatencyStats, count_macs, count_parameters, measure_latency, torch_runner
 from distill.data import Splits
 from distill.evaluate import AccuracyResult, accuracy
-from distill.loading import FORMATS, STATE_DICT, Teacher, load_teacher
+from distill.loading import STATE_DICT, Teacher
 from distill.losses import build_loss
 from distill.trainer import Progress, TrainResult, distil, predict_logits
-from exporters import onnx_export
+from exporters import onnx_export, onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import report as report_format
-from service import specs
+from service import model_formats, specs
 from service.artifacts import BlobStore
 from service.config import ServerConfig
 from service.errors import describe, status_code
@@ -53,10 +53,6 @@ STAGE_START = {
     "benchmark": 0.90,
     "report": 0.98,
 }
-# The model format as the engine names it, by proto enum.
-FORMAT_NAME = dict(
-    zip((pb.MODEL_FORMAT_TORCHSCRIPT, pb.MODEL_FORMAT_EXPORTED_PROGRAM, pb.MODEL_FORMAT_STATE_DICT), FORMATS)
-)
 PARITY_SAMPLES = 1000
 
 
@@ -143,11 +139,8 @@ class Job:
         if model_row is None:
             raise FileNotFoundError(f"teacher model {plan.teacher_model_id} is gone from the store")
         splits = plan.dataset.load()
-        teacher = load_teacher(
-            self.blobs.path(model_row.sha256),
-            FORMAT_NAME[model_row.format],
-            model_row.architecture,
-            splits.train.input_shape,
+        teacher = model_formats.load_teacher(
+            model_row, self.blobs.path(model_row.sha256), splits.train.input_shape, self.config.threads_per_worker()
         )
         if teacher.num_classes != len(splits.train.classes):
             raise ValueError(
@@ -250,7 +243,7 @@ class Job:
         student.to(device)
         sync = torch.cuda.synchronize if device.startswith("cuda") else None
         runners = {
-            "teacher/pytorch": (torch_runner(teacher.model), True),
+            f"teacher/{_runtime(teacher)}": (torch_runner(teacher.model), True),
             "student/pytorch": (torch_runner(student), True),
             "student/onnxruntime": (lambda x: onnx_export.run(session, x), False),
         }
@@ -310,7 +303,7 @@ class Job:
         )
         report.create_time.GetCurrentTime()
         variants = [
-            ("teacher", "pytorch", m.teacher_accuracy, model_row.size_bytes),
+            ("teacher", _runtime(teacher), m.teacher_accuracy, model_row.size_bytes),
             ("student", "pytorch", m.student_accuracy, m.files["student.pt"].stat().st_size),
             ("student", "onnxruntime", m.onnx_accuracy, m.files["student.onnx"].stat().st_size),
         ]
@@ -338,6 +331,10 @@ class Job:
                 )
         report.summary = report_format.summary(report)
         return report
+
+
+def _runtime(teacher: Teacher) -> str:
+    return "onnxruntime" if teacher.format == onnx_teacher.ONNX else "pytorch"
 
 
 def _model_card(architecture: str, model: torch.nn.Module, num_classes: int, shape: tuple[int, int, int]) -> pb.ModelCard:

@@ -41,3 +41,22 @@ def test_onnx_matches_torch_numerically(tmp_path: Path) -> None:
     with torch.inference_mode():
         expected = model(x).numpy()
     np.testing.assert_allclose(onnx_export.run(onnx_export.session(path), x.numpy()), expected, atol=1e-4)
+
+
+def test_onnx_teacher_is_detected_and_runs_any_batch(tmp_path: Path) -> None:
+    from exporters import onnx_teacher
+
+    model = models.build("lenet5", 4, 1).eval()
+    dynamic = onnx_export.export_onnx(model, torch.randn(2, 1, 28, 28), tmp_path / "dynamic.onnx").path
+    static = tmp_path / "static.onnx"
+    torch.onnx.export(model, (torch.randn(3, 1, 28, 28),), str(static), dynamo=False, input_names=["x"])
+    assert onnx_teacher.is_onnx_model(dynamic) and onnx_teacher.is_onnx_model(static)
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07not a model")
+    assert not onnx_teacher.is_onnx_model(tmp_path / "junk.onnx")
+    x = torch.randn(7, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(x)
+    for path in (dynamic, static):
+        teacher = onnx_teacher.load_onnx_teacher(path, (1, 28, 28))
+        assert teacher.num_classes == 4 and teacher.format == "onnx"
+        assert torch.allclose(teacher.model(x), expected, atol=1e-4)

@@ -218,3 +218,40 @@ def test_bad_requests_get_precise_codes(client: Client, teacher_model: pb.Model,
         assert create(spec).code() == code.FAILED_PRECONDITION
 
     assert _health(server[0]) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_onnx_teacher_distils_with_kd_only(client: Client, tiny_teacher: torch.nn.Module, tmp_path: Path) -> None:
+    from exporters import onnx_export
+
+    path = onnx_export.export_onnx(tiny_teacher, torch.randn(2, 1, 28, 28), tmp_path / "teacher.onnx").path
+    model = client.upload(path, name="black box")
+    assert model.format == pb.MODEL_FORMAT_ONNX
+
+    spec = tiny_spec(model.id)
+    spec.losses.add(attention=pb.AttentionTransfer())
+    err = rpc_error(client.create_job, spec)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs the teacher's internals" in err.details()
+
+    spec = tiny_spec(model.id)
+    spec.training.epochs = 1
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    teacher_variant = client.report(job.id).variants[0]
+    assert (teacher_variant.model, teacher_variant.runtime) == ("teacher", "onnxruntime")
+    assert teacher_variant.accuracy.top1 > 90
+
+
+def test_feature_methods_run_through_the_api(client: Client, teacher_model: pb.Model) -> None:
+    spec = tiny_spec(teacher_model.id)
+    spec.training.epochs = 1
+    spec.losses.add(fitnet=pb.FitNet(hint=pb.LayerPair(teacher="features.4", student="features.4"), hint_epochs=1))
+    spec.losses.add(attention=pb.AttentionTransfer(beta=500))
+    spec.losses.add(kd=pb.KnowledgeDistillation())
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    method = client.report(job.id).training.method
+    assert method.startswith("fitnet(hint=features.4, guided=features.4, hint_epochs=1) + attention(") and "kd(T=4" in method
+
+    spec.losses[1].attention.layers.add(teacher="no.such.layer", student="pool")
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_FAILED and "no module 'no.such.layer'" in job.error.message

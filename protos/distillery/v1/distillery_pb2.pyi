@@ -16,6 +16,7 @@ class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_FORMAT_TORCHSCRIPT: _ClassVar[ModelFormat]
     MODEL_FORMAT_EXPORTED_PROGRAM: _ClassVar[ModelFormat]
     MODEL_FORMAT_STATE_DICT: _ClassVar[ModelFormat]
+    MODEL_FORMAT_ONNX: _ClassVar[ModelFormat]
 
 class Device(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +48,7 @@ MODEL_FORMAT_UNSPECIFIED: ModelFormat
 MODEL_FORMAT_TORCHSCRIPT: ModelFormat
 MODEL_FORMAT_EXPORTED_PROGRAM: ModelFormat
 MODEL_FORMAT_STATE_DICT: ModelFormat
+MODEL_FORMAT_ONNX: ModelFormat
 DEVICE_UNSPECIFIED: Device
 DEVICE_CPU: Device
 DEVICE_CUDA: Device

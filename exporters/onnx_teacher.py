@@ -1,0 +1,70 @@
+"""Black-box teachers: an ONNX file run by onnxruntime, seen only through its outputs.
+
+Such a teacher distils with logit methods (kd); feature methods need module
+internals and refuse it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from distill.loading import ModelFileError, Teacher, describe_teacher
+from exporters.onnx_export import session
+
+ONNX = "onnx"
+
+
+def is_onnx_model(path: Path) -> bool:
+    """True when the file parses as an ONNX model with a graph (protobuf parsing runs no code)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not protobuf, or not this message
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0 and len(model.graph.input) > 0
+
+
+class OnnxTeacher(nn.Module):
+    """An onnxruntime session behind the nn.Module call convention (tensors in, tensors out)."""
+
+    def __init__(self, path: Path, num_threads: int = 0) -> None:
+        super().__init__()
+        self.session = session(path, num_threads=num_threads)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelFileError(f"the ONNX teacher must take one input, it takes {len(inputs)}")
+        self.input_name = inputs[0].name
+        batch = inputs[0].shape[0]
+        self.static_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().float().cpu().numpy()
+        if self.static_batch is None:
+            out = self._run(array)
+        else:  # a file exported for one batch size: run in chunks, padding the last
+            chunks = []
+            for start in range(0, len(array), self.static_batch):
+                chunk = array[start : start + self.static_batch]
+                n = len(chunk)
+                if n < self.static_batch:
+                    chunk = np.concatenate([chunk, np.zeros((self.static_batch - n, *chunk.shape[1:]), chunk.dtype)])
+                chunks.append(self._run(chunk)[:n])
+            out = np.concatenate(chunks)
+        return torch.from_numpy(out).to(x.device)
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: array})[0]
+
+
+def load_onnx_teacher(path: Path, input_shape: tuple[int, int, int], num_threads: int = 0) -> Teacher:
+    try:
+        model = OnnxTeacher(path, num_threads)
+    except ModelFileError:
+        raise
+    except Exception as e:  # onnxruntime refuses malformed graphs with many error types
+        raise ModelFileError(f"onnxruntime cannot load the ONNX teacher: {e}") from e
+    return describe_teacher(model, ONNX, ONNX, input_shape)
