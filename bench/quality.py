@@ -50,7 +50,9 @@ METHODS: dict[str, list[MethodConfig]] = {
     "student alone (cross_entropy)": [MethodConfig("cross_entropy")],
     "kd": [MethodConfig("kd", params={"temperature": 4.0, "alpha": 0.9})],
     "fitnet (+kd)": [MethodConfig("fitnet", params={"hint_epochs": 2}), MethodConfig("kd")],
+    "attention (+kd)": [MethodConfig("attention", params={"beta": 1000.0}), MethodConfig("kd")],
     "attention (+cross_entropy)": [MethodConfig("attention", params={"beta": 1000.0}), MethodConfig("cross_entropy")],
+    "fsp (+kd)": [MethodConfig("fsp", params={"flow_epochs": 2}), MethodConfig("kd")],
     "fsp (+cross_entropy)": [MethodConfig("fsp", params={"flow_epochs": 2}), MethodConfig("cross_entropy")],
     "self_distill": [MethodConfig("self_distill")],
 }
@@ -70,12 +72,10 @@ def _cifar10() -> tuple[data.ImageData, data.ImageData]:
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
         return tuple(data.ImageData(blob[f"{s}_images"], blob[f"{s}_labels"], blob["classes"]) for s in ("train", "test"))
-    root = CACHE / "cifar10"
+    root = CACHE / "cifar10"  # the tarball holds train/<class>/*.jpg and test/<class>/*.jpg
     if not (root / "train").is_dir():
         with tarfile.open(DATASETS / "cifar10-jpeg.tar.gz") as tar:
             tar.extractall(root, filter="data")
-        nested = [p for p in root.iterdir() if (p / "train").is_dir()]
-        root = nested[0] if nested and not (root / "train").is_dir() else root
     train = data.load_image_folder(root / "train", image_size=32, channels=3)
     test = data.load_image_folder(root / "test", image_size=32, channels=3, classes=train.classes)
     torch.save(
@@ -224,13 +224,14 @@ def main() -> None:
     p.add_argument("--train-samples", type=int, default=0, help="cap the training split (0: all)")
     p.add_argument("--test-samples", type=int, default=0, help="cap the test split (0: all)")
     p.add_argument("--methods", nargs="*", help="only rows whose name contains one of these")
+    p.add_argument("--out", type=Path, help="where to write the table (default bench/results/quality-CASE.md)")
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     started = time.perf_counter()
     table = run_omitted_class(args) if args.case == "mnist-omit3" else run_methods(args.case, args)
     table += f"\nWhole benchmark: {time.perf_counter() - started:.0f} s on {torch.get_num_threads()} CPU threads.\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"quality-{args.case}.md"
+    out = args.out or RESULTS / f"quality-{args.case}.md"
     out.write_text(table)
     print(table)
     print(f"written to {out}")

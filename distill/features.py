@@ -54,6 +54,12 @@ def tap(model: nn.Module, paths: Iterable[str], store: dict[str, torch.Tensor]) 
             handle.remove()
 
 
+def _probe(model: nn.Module, input_shape: tuple[int, int, int]) -> None:
+    """One forward of a zero image, on whatever device the model lives."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model(torch.zeros(1, *input_shape, device=device))
+
+
 def stage_outputs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, tuple[int, int, int]]]:
     """The last module to produce each spatial size, in forward order: the ends of the model's stages.
 
@@ -77,7 +83,7 @@ def stage_outputs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[t
     try:
         model.eval()
         with torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
+            _probe(model, input_shape)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -111,7 +117,7 @@ def output_shape(model: nn.Module, path: str, input_shape: tuple[int, int, int])
     model.eval()
     try:
         with tap(model, [path], store), torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
+            _probe(model, input_shape)
     finally:
         model.train(was_training)
     return tuple(store[path].shape[1:])

@@ -30,7 +30,7 @@ from distill.benchmark import LatencyStats, count_macs, count_parameters, measur
 from distill.data import Splits
 from distill.evaluate import AccuracyResult, accuracy
 from distill.loading import STATE_DICT, Teacher
-from distill.losses import build_loss
+from distill.losses import WeightedLoss, build_loss
 from distill.trainer import Progress, TrainResult, distil, predict_logits
 from exporters import onnx_export, onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -216,7 +216,7 @@ class Job:
 
         self.stage("report")
         measured = Measured(teacher_acc, student_acc, onnx_acc, trained, exported, parity, latency, files)
-        report = self.build_report(plan, str(loss), model_row, teacher, student, splits, measured)
+        report = self.build_report(plan, loss, model_row, teacher, student, splits, measured)
         files["report.json"] = self.workdir / "report.json"
         files["report.json"].write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
         files["report.md"] = self.workdir / "report.md"
@@ -270,7 +270,7 @@ class Job:
     def build_report(
         self,
         plan: specs.JobPlan,
-        method: str,
+        loss: WeightedLoss,
         model_row: pb.Model,
         teacher: Teacher,
         student: torch.nn.Module,
@@ -283,8 +283,8 @@ class Job:
             teacher=_model_card(teacher.architecture, teacher.model.cpu(), teacher.num_classes, shape),
             student=_model_card(plan.student_architecture, student, teacher.num_classes, shape),
             training=pb.TrainingSummary(
-                method=method,
-                epochs=plan.training.epochs,
+                method=str(loss),
+                epochs=loss.pretrain_epochs + plan.training.epochs,
                 steps=m.train.steps,
                 final_loss=m.train.final_loss,
                 wall_seconds=m.train.wall_seconds,
