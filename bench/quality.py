@@ -42,7 +42,7 @@ class Case:
 
 CASES = {
     "mnist": Case("lenet5", "lenet5_half", teacher_epochs=12, teacher_lr=0.05),
-    "cifar10": Case("resnet20_cifar", "resnet8_cifar", teacher_epochs=30, teacher_lr=0.1),
+    "cifar10": Case("resnet20_cifar", "resnet8_cifar", teacher_epochs=15, teacher_lr=0.1),
 }
 
 # What each row trains on. Staged methods spend part of the same epoch budget on their first stage.

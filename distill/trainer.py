@@ -188,18 +188,8 @@ def distil(
                 if device.startswith("cuda"):
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device):
-                    if loss_fn.views == 2:  # self-distillation: two distortions, no clean view
-                        x, second = distort(x), distort(x)
-                    batch = Step(student_logits=student(x), labels=y, student_features=dict(student_store))
-                    if loss_fn.views == 2:
-                        batch.second_logits = student(second)
-                        batch.second_features = dict(student_store)
-                    if teacher_logits is not None:
-                        batch.teacher_logits = teacher_logits[index].to(device, non_blocking=True)
-                    elif teacher is not None and loss_fn.needs_teacher:
-                        with torch.no_grad():
-                            batch.teacher_logits = teacher(x)
-                        batch.teacher_features = dict(teacher_store)
+                    cached = teacher_logits[index].to(device, non_blocking=True) if teacher_logits is not None else None
+                    batch = _forward(student, teacher, loss_fn, x, y, cached, student_store, teacher_store)
                     loss = loss_fn(batch, pretraining=pretraining)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -234,6 +224,32 @@ def distil(
             final_loss = epoch_loss / max(1, steps_per_epoch - offset)
     student.eval()
     return TrainResult(steps=total_steps, final_loss=final_loss, wall_seconds=time.perf_counter() - started)
+
+
+def _forward(
+    student: nn.Module,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None,
+    loss_fn: WeightedLoss,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cached_teacher_logits: torch.Tensor | None,
+    student_store: dict[str, torch.Tensor],
+    teacher_store: dict[str, torch.Tensor],
+) -> Step:
+    """Run the models on one batch and gather what the losses read (the taps fill the stores)."""
+    if loss_fn.views == 2:  # self-distillation: two distortions, no clean view
+        x, second = distort(x), distort(x)
+    step = Step(student_logits=student(x), labels=y, student_features=dict(student_store))
+    if loss_fn.views == 2:
+        step.second_logits = student(second)
+        step.second_features = dict(student_store)
+    if cached_teacher_logits is not None:
+        step.teacher_logits = cached_teacher_logits
+    elif teacher is not None and loss_fn.needs_teacher:
+        with torch.no_grad():
+            step.teacher_logits = teacher(x)
+        step.teacher_features = dict(teacher_store)
+    return step
 
 
 def distort(x: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,7 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
         spec.dataset.generated.SetInParent()
     elif args.dataset:
         spec.dataset.torchvision.name = args.dataset
-        spec.dataset.torchvision.root = args.data_path or args.dataset
+        spec.dataset.torchvision.root = args.data_path or "."  # torchvision's root holds MNIST/, CIFAR10/, ...
     for field, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("learning_rate", args.lr)):
         if value is not None:
             setattr(spec.training, field, value)
@@ -225,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", help="teacher model id")
     s.add_argument("--student", help="student architecture")
     s.add_argument("--dataset", help="generated, or a torchvision name (MNIST, CIFAR10, ...)")
-    s.add_argument("--data-path", help="dataset root, relative to the server's data root")
+    s.add_argument("--data-path", help="torchvision root, relative to the server's data root (default: the data root)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -83,7 +84,7 @@ class Client:
 
     def wait(self, job_id: str, on_event: Callable[[pb.JobEvent], None] | None = None) -> pb.Job:
         """Follow the job's events until it ends (re-attaching if the stream drops); returns the final job."""
-        after = 0
+        after, attempt = 0, 0
         while True:
             try:
                 for event in self.watch(job_id, after):
@@ -93,9 +94,16 @@ class Client:
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
-            job = self.get_job(job_id)
-            if job.state in TERMINAL_STATES:
-                return job
+            try:
+                job = self.get_job(job_id)
+                if job.state in TERMINAL_STATES:
+                    return job
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            # The stream ended early (a server restart or drain): back off, then re-attach.
+            attempt += 1
+            time.sleep(min(10.0, 0.5 * attempt))
 
     def report(self, job_id: str) -> pb.Report:
         return self.stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=self.timeout).report
