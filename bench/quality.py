@@ -226,7 +226,6 @@ def main() -> None:
     p.add_argument("--methods", nargs="*", help="only rows whose name contains one of these")
     p.add_argument("--out", type=Path, help="where to write the table (default bench/results/quality-CASE.md)")
     args = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     started = time.perf_counter()
     table = run_omitted_class(args) if args.case == "mnist-omit3" else run_methods(args.case, args)
     table += f"\nWhole benchmark: {time.perf_counter() - started:.0f} s on {torch.get_num_threads()} CPU threads.\n"

@@ -92,7 +92,7 @@ def to_markdown(report: pb.Report) -> str:
         "",
         f"- Method: {t.method}; {t.epochs} epochs, {t.steps} steps on {t.device}, {t.wall_seconds:.1f} s; "
         f"final-epoch loss {t.final_loss:.4f}; {t.train_samples} training and {t.val_samples} validation samples.",
-        f"- Accuracy is the final model's on the validation split (no checkpoint was picked by it).",
+        "- Accuracy is the final model's on the validation split (no checkpoint was picked by it).",
         f"- ONNX: opset {e.opset}, exported with {e.exporter}; onnxruntime matches PyTorch within "
         f"{e.parity_max_abs_diff:.2e} (tolerance {e.parity_tolerance:.0e}) on {e.parity_samples} validation inputs.",
         f"- Environment: {env.cpu}, {env.cpu_cores} cores, {env.num_threads} threads"

@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
