@@ -148,6 +148,7 @@ class Job:
         teacher.model.to(device)
 
         self.stage("build_student", plan.student_architecture)
+        torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included
         student = models.build(plan.student_architecture, teacher.num_classes, splits.train.input_shape[0])
         loss = build_loss(
             plan.methods,
