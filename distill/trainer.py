@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -106,12 +106,22 @@ def predict_logits(
     batch_size: int = 512,
 ) -> torch.Tensor:
     """Logits for every sample, in order, as float32 on the CPU."""
+    batches = (
+        normalization.apply(data.images[start : start + batch_size].to(device, non_blocking=True))
+        for start in range(0, len(data), batch_size)
+    )
+    return predict(model, batches, device)
+
+
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[torch.Tensor], device: str = "cpu"
+) -> torch.Tensor:
+    """Logits for every batch of normalised inputs, concatenated, as float32 on the CPU."""
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(data), batch_size):
-            x = normalization.apply(data.images[start : start + batch_size].to(device, non_blocking=True))
+        for x in batches:
             with _autocast(device):
-                outputs.append(model(x).float().cpu())
+                outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
     return torch.cat(outputs)
 
 

@@ -86,6 +86,18 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
         kd = spec.losses[0].kd
         kd.temperature = args.temperature if args.temperature is not None else kd.temperature
         kd.alpha = args.alpha if args.alpha is not None else kd.alpha
+    if args.data_free:
+        spec.data_free.method = pb.DataFreeMethod.Value(
+            "DATA_FREE_METHOD_UNSPECIFIED" if args.data_free == "auto" else f"DATA_FREE_METHOD_{args.data_free.upper()}"
+        )
+    if args.input_shape:
+        try:
+            channels, height, width = (int(n) for n in args.input_shape.split(","))
+        except ValueError:
+            raise SystemExit(f"error: --input-shape wants C,H,W (e.g. 1,28,28), got {args.input_shape!r}") from None
+        spec.data_free.input_shape.CopyFrom(pb.InputShape(channels=channels, height=height, width=width))
+    if args.iterations is not None:
+        spec.data_free.iterations = args.iterations
     if args.device:
         spec.device = pb.Device.Value(f"DEVICE_{args.device.upper()}")
     return spec
@@ -231,6 +243,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float)
     s.add_argument("--temperature", type=float)
     s.add_argument("--alpha", type=float)
+    s.add_argument("--data-free", choices=["auto", "dfad", "bn_prior"], help="distil without training data")
+    s.add_argument("--input-shape", help="data-free: the teacher's input as C,H,W (e.g. 1,28,28)")
+    s.add_argument("--iterations", type=int, help="data-free: generator iterations")
     s.add_argument("--device", choices=["cpu", "cuda"])
     s.add_argument("--request-id", help="idempotency key (default: random)")
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import data, losses, models
+from distill.datafree import DataFreeConfig
 from distill.trainer import TrainConfig
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.errors import FailedPrecondition, InvalidArgument
@@ -67,15 +68,22 @@ class BenchmarkPlan:
 
 
 @dataclass(frozen=True)
+class DataFreePlan:
+    config: DataFreeConfig
+    input_shape: tuple[int, int, int] | None  # None: the dataset's
+
+
+@dataclass(frozen=True)
 class JobPlan:
     teacher_model_id: str
     student_architecture: str
-    dataset: DatasetPlan
+    dataset: DatasetPlan | None  # None only for data-free jobs
     methods: list[losses.MethodConfig]
     training: TrainConfig
     opset: int
     parity_tolerance: float
     benchmark: BenchmarkPlan
+    data_free: DataFreePlan | None = None
 
 
 def confine(path: str, roots: tuple[Path, ...], field_name: str) -> Path:
@@ -102,6 +110,11 @@ def confine(path: str, roots: tuple[Path, ...], field_name: str) -> Path:
 def _in_range(value: float, low: float, high: float, name: str) -> None:
     if not low <= value <= high:
         raise InvalidArgument(f"{name} must be in [{low:g}, {high:g}], got {value:g}")
+
+
+def _digits(value: float) -> float:
+    """Proto floats are float32: 0.9 arrives as 0.8999999761...; keep the digits the user wrote."""
+    return float(f"{value:.7g}")
 
 
 def _or_default(value: float, default: float) -> float:
@@ -139,7 +152,13 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
     except ValueError as e:
         raise InvalidArgument(f"training: {e}") from e
 
-    methods = [_method(i, term) for i, term in enumerate(spec.losses or [pb.LossTerm(kd=pb.KnowledgeDistillation())])]
+    data_free = None
+    if spec.HasField("data_free"):
+        data_free = _data_free_plan(spec, training)
+        methods = []
+    else:
+        default_kd = [pb.LossTerm(kd=pb.KnowledgeDistillation())]
+        methods = [_method(i, term) for i, term in enumerate(spec.losses or default_kd)]
 
     opset = spec.export.opset or 18
     _in_range(opset, 13, 23, "export.opset")
@@ -165,13 +184,65 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
     return JobPlan(
         teacher_model_id=spec.teacher_model_id,
         student_architecture=arch,
-        dataset=_dataset_plan(spec.dataset, data_roots, t.seed),
+        dataset=_dataset_plan(spec.dataset, data_roots, t.seed) if spec.HasField("dataset") or not data_free else None,
         methods=methods,
         training=training,
         opset=opset,
         parity_tolerance=tolerance,
         benchmark=benchmark,
+        data_free=data_free,
     )
+
+
+_DATA_FREE_METHODS = {
+    pb.DATA_FREE_METHOD_UNSPECIFIED: "auto",
+    pb.DATA_FREE_METHOD_DFAD: "dfad",
+    pb.DATA_FREE_METHOD_BN_PRIOR: "bn_prior",
+}
+
+
+def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
+    d = spec.data_free
+    if spec.losses:
+        raise InvalidArgument("losses must be empty for a data-free job (it trains on the teacher-student L1 gap)")
+    t = spec.training
+    for name in ("epochs", "batch_size", "learning_rate", "weight_decay", "optimizer", "lr_schedule"):
+        if getattr(t, name):
+            raise InvalidArgument(f"training.{name} does not apply to a data-free job; set it in data_free")
+    if d.method not in _DATA_FREE_METHODS:
+        raise InvalidArgument(f"data_free.method {d.method} is unknown")
+    input_shape = None
+    if d.HasField("input_shape"):
+        shape = d.input_shape
+        if shape.channels not in (1, 3, 4):
+            raise InvalidArgument("data_free.input_shape.channels must be 1, 3 or 4")
+        _in_range(shape.height, 8, 1024, "data_free.input_shape.height")
+        _in_range(shape.width, 8, 1024, "data_free.input_shape.width")
+        input_shape = (shape.channels, shape.height, shape.width)
+    elif not spec.HasField("dataset"):
+        raise InvalidArgument("data_free.input_shape is required when there is no dataset to take it from")
+    weights = {
+        name: getattr(d, name)
+        for name in ("adversarial_weight", "bn_weight", "confidence_weight", "balance_weight")
+        if d.HasField(name)
+    }
+    try:
+        config = DataFreeConfig(
+            method=_DATA_FREE_METHODS[d.method],
+            iterations=d.iterations or 2000,
+            student_steps=d.student_steps or 5,
+            batch_size=d.batch_size or 256,
+            student_lr=_digits(d.student_learning_rate) or 0.1,
+            generator_lr=_digits(d.generator_learning_rate) or 1e-3,
+            generator_width=d.generator_width or (64 if training.device == "cuda" else 16),
+            seed=training.seed,
+            checkpoint_interval_steps=t.checkpoint_interval_steps or 100,
+            device=training.device,
+            **{name: _digits(value) for name, value in weights.items()},
+        )
+    except ValueError as e:
+        raise InvalidArgument(f"data_free: {e}") from e
+    return DataFreePlan(config, input_shape)
 
 
 # Per method: parameter -> (default, low, high). Zero in the spec means the default.
@@ -193,8 +264,7 @@ def _method(index: int, term: pb.LossTerm) -> losses.MethodConfig:
     message = getattr(term, name)
     params = {}
     for param, (default, low, high) in _METHOD_PARAMS[name].items():
-        # Proto floats are float32: 0.9 arrives as 0.8999999761...; keep the digits the user wrote.
-        value = float(f"{getattr(message, param):.7g}") or default
+        value = _digits(getattr(message, param)) or default
         _in_range(value, low, high, f"{where}.{name}.{param}")
         params[param] = value
     weight = _or_default(term.weight, 1.0)

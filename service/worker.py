@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,17 @@ import onnx
 import onnxruntime
 import torch
 from google.protobuf import json_format
+from torchvision.utils import save_image
 
 from distill import models
 from distill.benchmark import LatencyStats, count_macs, count_parameters, measure_latency, torch_runner
-from distill.data import Splits
+from distill.allocator import keep_freed_memory
+from distill.data import ImageData, Normalization, Splits
+from distill.datafree import Generator, check_generator, distil_data_free, resolve_method
 from distill.evaluate import AccuracyResult, accuracy
 from distill.loading import STATE_DICT, Teacher
-from distill.losses import WeightedLoss, build_loss
-from distill.trainer import Progress, TrainResult, distil, predict_logits
+from distill.losses import build_loss
+from distill.trainer import Progress, distil, predict
 from exporters import onnx_export, onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import report as report_format
@@ -67,6 +71,7 @@ def main(config: ServerConfig, job_id: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     torch.set_num_threads(config.threads_per_worker())
+    keep_freed_memory()  # the same large activations every step: reuse their pages (see distill/allocator.py)
     store = Store(config.db_path)
     try:
         Job(config, store, job_id).run()
@@ -82,14 +87,49 @@ def main(config: ServerConfig, job_id: str) -> None:
 class Measured:
     """What the pipeline learns, gathered for the report."""
 
-    teacher_accuracy: AccuracyResult
-    student_accuracy: AccuracyResult
-    onnx_accuracy: AccuracyResult
-    train: TrainResult
+    teacher_accuracy: AccuracyResult | None  # None: no labelled data to score on
+    student_accuracy: AccuracyResult | None
+    onnx_accuracy: AccuracyResult | None
+    training: pb.TrainingSummary
     export: onnx_export.ExportResult
     parity: onnx_export.ParityResult
     latency: dict[str, list[LatencyStats]]
     files: dict[str, Path]
+    data_free: pb.DataFreeSummary | None
+
+
+@dataclass
+class EvalInputs:
+    """What evaluation, export parity and benchmarks run on: the validation split, or generated images.
+
+    Generated images are already normalised and carry no labels.
+    """
+
+    val: ImageData | torch.Tensor
+    normalization: Normalization | None = None
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self.val.labels if isinstance(self.val, ImageData) else None
+
+    def __len__(self) -> int:
+        return len(self.val)
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.val, ImageData):
+            assert self.normalization is not None
+            return self.normalization.apply(self.val.images[index])
+        return self.val[index]
+
+    def first(self, count: int) -> torch.Tensor:
+        return self.take(torch.arange(min(count, len(self))))
+
+    def batches(self, batch_size: int = 512) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), batch_size):
+            yield self.take(torch.arange(start, min(start + batch_size, len(self))))
+
+    def score(self, logits: torch.Tensor, teacher_logits: torch.Tensor) -> AccuracyResult | None:
+        return accuracy(logits, self.labels, teacher_logits) if self.labels is not None else None
 
 
 class Job:
@@ -137,11 +177,12 @@ class Job:
         model_row = self.store.get_model(plan.teacher_model_id)
         if model_row is None:
             raise FileNotFoundError(f"teacher model {plan.teacher_model_id} is gone from the store")
-        splits = plan.dataset.load()
+        splits = plan.dataset.load() if plan.dataset else None
+        input_shape = _input_shape(plan, splits)
         teacher = model_formats.load_teacher(
-            model_row, self.blobs.path(model_row.sha256), splits.train.input_shape, self.config.threads_per_worker()
+            model_row, self.blobs.path(model_row.sha256), input_shape, self.config.threads_per_worker()
         )
-        if teacher.num_classes != len(splits.train.classes):
+        if splits and teacher.num_classes != len(splits.train.classes):
             raise ValueError(
                 f"the teacher has {teacher.num_classes} outputs but the dataset has {len(splits.train.classes)} classes"
             )
@@ -149,7 +190,84 @@ class Job:
 
         self.stage("build_student", plan.student_architecture)
         torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included
-        student = models.build(plan.student_architecture, teacher.num_classes, splits.train.input_shape[0])
+        student = models.build(plan.student_architecture, teacher.num_classes, input_shape[0])
+        resume = None
+        if self.checkpoint_path.exists():
+            resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+        files = {name: self.workdir / name for name in ("student.pt", "student.onnx", "report.json", "report.md")}
+        data_free = None
+        if plan.data_free:
+            training, generator = self.distil_without_data(plan, teacher, student, input_shape, resume)
+        else:
+            assert splits is not None
+            training = self.distil_with_data(plan, teacher, student, splits, resume)
+
+        self.stage("evaluate")
+        if plan.data_free:
+            check = check_generator(generator, teacher.model, student)
+            files["samples.png"], files["generator.pt"] = self.workdir / "samples.png", self.workdir / "generator.pt"
+            save_image(check.grid, files["samples.png"])
+            torch.save(generator.cpu().to_checkpoint(), files["generator.pt"])
+            data_free = pb.DataFreeSummary(
+                method=training.method.split("(")[0],
+                iterations=plan.data_free.config.iterations,
+                student_steps=plan.data_free.config.student_steps,
+                batch_size=plan.data_free.config.batch_size,
+                class_histogram=check.class_histogram,
+                generated_samples=check.samples,
+                agreement_on_generated=check.agreement,
+                samples_artifact="samples.png",
+            )
+            # Without labelled data, fresh generated images stand in for parity and latency inputs.
+            inputs = EvalInputs(splits.val, splits.normalization) if splits else EvalInputs(generator.sample(PARITY_SAMPLES))
+        else:
+            inputs = EvalInputs(splits.val, splits.normalization)
+        teacher_logits = predict(teacher.model, inputs.batches(), device)
+        student_logits = predict(student, inputs.batches(), device)
+        training.val_samples = len(inputs) if inputs.labels is not None else 0
+        teacher_acc = inputs.score(teacher_logits, teacher_logits)
+        student_acc = inputs.score(student_logits, teacher_logits)
+
+        self.stage("export")
+        student.cpu().eval()
+        normalization = splits.normalization if splits else None
+        torch.save(
+            {
+                "architecture": plan.student_architecture,
+                "num_classes": teacher.num_classes,
+                "input_shape": list(input_shape),
+                "classes": splits.train.classes if splits else [str(c) for c in range(teacher.num_classes)],
+                # Empty without a dataset: the student takes the inputs the teacher took, normalised the same way.
+                "mean": normalization.mean if normalization else [],
+                "std": normalization.std if normalization else [],
+                "state_dict": student.state_dict(),
+            },
+            files["student.pt"],
+        )
+        parity_inputs = inputs.first(PARITY_SAMPLES)
+        exported = onnx_export.export_onnx(student, parity_inputs[:2], files["student.onnx"], plan.opset)
+        session = onnx_export.session(files["student.onnx"], num_threads=self.config.threads_per_worker())
+        parity = onnx_export.validate(session, student, parity_inputs, plan.parity_tolerance)
+        onnx_logits = torch.from_numpy(np.concatenate([onnx_export.run(session, x.numpy()) for x in inputs.batches()]))
+        onnx_acc = inputs.score(onnx_logits, teacher_logits)
+
+        self.stage("benchmark")
+        latency = self.benchmark(plan.benchmark, teacher, student, files["student.onnx"], inputs, device)
+
+        self.stage("report")
+        measured = Measured(teacher_acc, student_acc, onnx_acc, training, exported, parity, latency, files, data_free)
+        report = self.build_report(plan, model_row, teacher, student, input_shape, measured)
+        files["report.json"].write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
+        files["report.md"].write_text(report_format.to_markdown(report))
+        for name, path in files.items():
+            sha, size = self.blobs.put_file(path)
+            self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
+        self.checkpoint_path.unlink(missing_ok=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def distil_with_data(
+        self, plan: specs.JobPlan, teacher: Teacher, student: torch.nn.Module, splits: Splits, resume: dict[str, Any] | None
+    ) -> pb.TrainingSummary:
         loss = build_loss(
             plan.methods,
             teacher.model,
@@ -157,13 +275,7 @@ class Job:
             splits.train.input_shape,
             teacher_exposes_modules=teacher.format == STATE_DICT,
         )
-
-        resume = None
-        if self.checkpoint_path.exists():
-            resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
-            self.stage("distil", f"resuming from step {resume['step']}")
-        else:
-            self.stage("distil", str(loss))
+        self.stage("distil", f"resuming from step {resume['step']}" if resume else str(loss))
         trained = distil(
             student,
             teacher.model,
@@ -175,57 +287,49 @@ class Job:
             on_checkpoint=self.on_checkpoint,
             resume_from=resume,
         )
-
-        self.stage("evaluate")
-        teacher_logits = predict_logits(teacher.model, splits.val, splits.normalization, device)
-        student_logits = predict_logits(student, splits.val, splits.normalization, device)
-        teacher_acc = accuracy(teacher_logits, splits.val.labels, teacher_logits)
-        student_acc = accuracy(student_logits, splits.val.labels, teacher_logits)
-
-        self.stage("export")
-        student.cpu().eval()
-        files = {"student.pt": self.workdir / "student.pt", "student.onnx": self.workdir / "student.onnx"}
-        torch.save(
-            {
-                "architecture": plan.student_architecture,
-                "num_classes": teacher.num_classes,
-                "input_shape": list(splits.train.input_shape),
-                "classes": splits.train.classes,
-                "mean": splits.normalization.mean,
-                "std": splits.normalization.std,
-                "state_dict": student.state_dict(),
-            },
-            files["student.pt"],
+        return pb.TrainingSummary(
+            method=str(loss),
+            epochs=loss.pretrain_epochs + plan.training.epochs,
+            steps=trained.steps,
+            final_loss=trained.final_loss,
+            wall_seconds=trained.wall_seconds,
+            device=plan.training.device,
+            train_samples=len(splits.train),
         )
-        val_inputs = splits.normalization.apply(splits.val.images[:PARITY_SAMPLES])
-        exported = onnx_export.export_onnx(student, val_inputs[:2], files["student.onnx"], plan.opset)
-        session = onnx_export.session(files["student.onnx"], num_threads=self.config.threads_per_worker())
-        parity = onnx_export.validate(session, student, val_inputs, plan.parity_tolerance)
-        onnx_logits = torch.from_numpy(
-            np.concatenate(
-                [
-                    onnx_export.run(session, chunk.numpy())
-                    for chunk in splits.normalization.apply(splits.val.images).split(512)
-                ]
-            )
+
+    def distil_without_data(
+        self,
+        plan: specs.JobPlan,
+        teacher: Teacher,
+        student: torch.nn.Module,
+        input_shape: tuple[int, int, int],
+        resume: dict[str, Any] | None,
+    ) -> tuple[pb.TrainingSummary, Generator]:
+        assert plan.data_free is not None
+        config = plan.data_free.config
+        method = resolve_method(config.method, teacher.model)
+        described = (
+            f"{method}(iterations={config.iterations}, student_steps={config.student_steps}, "
+            f"batch_size={config.batch_size}, generator_width={config.generator_width})"
         )
-        onnx_acc = accuracy(onnx_logits, splits.val.labels, teacher_logits)
-
-        self.stage("benchmark")
-        latency = self.benchmark(plan.benchmark, teacher, student, files["student.onnx"], splits, device)
-
-        self.stage("report")
-        measured = Measured(teacher_acc, student_acc, onnx_acc, trained, exported, parity, latency, files)
-        report = self.build_report(plan, loss, model_row, teacher, student, splits, measured)
-        files["report.json"] = self.workdir / "report.json"
-        files["report.json"].write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
-        files["report.md"] = self.workdir / "report.md"
-        files["report.md"].write_text(report_format.to_markdown(report))
-        for name, path in files.items():
-            sha, size = self.blobs.put_file(path)
-            self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
-        self.checkpoint_path.unlink(missing_ok=True)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.stage("distil", f"resuming from iteration {resume['step']}" if resume else described)
+        trained = distil_data_free(
+            student,
+            teacher.model,
+            input_shape,
+            config,
+            on_progress=self.on_progress,
+            on_checkpoint=self.on_checkpoint,
+            resume_from=resume,
+        )
+        summary = pb.TrainingSummary(
+            method=described,
+            steps=trained.iterations,
+            final_loss=trained.final_loss,
+            wall_seconds=trained.wall_seconds,
+            device=config.device,
+        )
+        return summary, trained.generator
 
     def benchmark(
         self,
@@ -233,7 +337,7 @@ class Job:
         teacher: Teacher,
         student: torch.nn.Module,
         onnx_path: Path,
-        splits: Splits,
+        inputs: EvalInputs,
         device: str,
     ) -> dict[str, list[LatencyStats]]:
         """p50/p90/p99 latency of each variant at each batch size, on real inputs."""
@@ -249,8 +353,7 @@ class Job:
         }
         results: dict[str, list[LatencyStats]] = {name: [] for name in runners}
         for batch_size in plan.batch_sizes:
-            index = torch.arange(batch_size) % len(splits.val)
-            batch = splits.normalization.apply(splits.val.images[index])
+            batch = inputs.take(torch.arange(batch_size) % len(inputs))
             for name, (fn, is_torch) in runners.items():
                 x = batch.to(device) if is_torch else batch.numpy()
                 results[name].append(
@@ -270,28 +373,17 @@ class Job:
     def build_report(
         self,
         plan: specs.JobPlan,
-        loss: WeightedLoss,
         model_row: pb.Model,
         teacher: Teacher,
         student: torch.nn.Module,
-        splits: Splits,
+        shape: tuple[int, int, int],
         m: Measured,
     ) -> pb.Report:
-        shape = splits.train.input_shape
         report = pb.Report(
             job_id=self.job_id,
             teacher=_model_card(teacher.architecture, teacher.model.cpu(), teacher.num_classes, shape),
             student=_model_card(plan.student_architecture, student, teacher.num_classes, shape),
-            training=pb.TrainingSummary(
-                method=str(loss),
-                epochs=loss.pretrain_epochs + plan.training.epochs,
-                steps=m.train.steps,
-                final_loss=m.train.final_loss,
-                wall_seconds=m.train.wall_seconds,
-                device=plan.training.device,
-                train_samples=len(splits.train),
-                val_samples=len(splits.val),
-            ),
+            training=m.training,
             export=pb.ExportSummary(
                 opset=m.export.opset,
                 exporter=m.export.exporter,
@@ -300,6 +392,7 @@ class Job:
                 parity_samples=m.parity.samples,
             ),
             environment=_environment(torch.get_num_threads()),
+            data_free=m.data_free,
         )
         report.create_time.GetCurrentTime()
         variants = [
@@ -309,15 +402,12 @@ class Job:
         ]
         for model, runtime, acc, size in variants:
             v = report.variants.add(
-                name=f"{model} / {runtime}",
-                model=model,
-                runtime=runtime,
-                precision="fp32",
-                file_size_bytes=size,
-                accuracy=pb.Accuracy(samples=acc.samples, top1=acc.top1, agreement_with_teacher=acc.agreement or 0.0),
+                name=f"{model} / {runtime}", model=model, runtime=runtime, precision="fp32", file_size_bytes=size
             )
-            if acc.top5 is not None:
-                v.accuracy.top5 = acc.top5
+            if acc is not None:
+                v.accuracy.CopyFrom(pb.Accuracy(samples=acc.samples, top1=acc.top1, agreement_with_teacher=acc.agreement or 0.0))
+                if acc.top5 is not None:
+                    v.accuracy.top5 = acc.top5
             for stats in m.latency[f"{model}/{runtime}"]:
                 v.latency.add(
                     batch_size=stats.batch_size,
@@ -331,6 +421,17 @@ class Job:
                 )
         report.summary = report_format.summary(report)
         return report
+
+
+def _input_shape(plan: specs.JobPlan, splits: Splits | None) -> tuple[int, int, int]:
+    """The teacher's input: the data-free spec's, else the dataset's; both must agree when both exist."""
+    given = plan.data_free.input_shape if plan.data_free else None
+    if splits is None:
+        assert given is not None  # specs.plan requires one of them
+        return given
+    if given is not None and given != splits.train.input_shape:
+        raise ValueError(f"data_free.input_shape {given} differs from the dataset's images {splits.train.input_shape}")
+    return splits.train.input_shape
 
 
 def _runtime(teacher: Teacher) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from protos.distillery.v1 import distillery_pb2 as pb
 from service import cli
 
 
@@ -41,3 +42,16 @@ def test_upload_submit_wait_report(server, teacher_file: Path, tmp_path: Path, c
     assert "SERVING" in capsys.readouterr().out
     assert cli.main([*address, "status", "j-missing"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_data_free_flags_build_the_spec() -> None:
+    args = cli.parser().parse_args(
+        ["submit", "--teacher", "m-1", "--student", "lenet5_half", "--data-free", "dfad", "--input-shape", "1,28,28",
+         "--iterations", "300"]
+    )
+    spec = cli.build_spec(args)
+    assert spec.data_free.method == pb.DATA_FREE_METHOD_DFAD and spec.data_free.iterations == 300
+    assert (spec.data_free.input_shape.channels, spec.data_free.input_shape.height) == (1, 28)
+    assert not spec.HasField("dataset")
+    with pytest.raises(SystemExit, match="C,H,W"):
+        cli.build_spec(cli.parser().parse_args(["submit", "--input-shape", "28x28"]))

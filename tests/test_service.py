@@ -15,8 +15,9 @@ import torch
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 
-from distill import data, models
+from distill import data, datafree, models
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from tests.conftest import TINY_DATA, rpc_error, tiny_spec, train_tiny_teacher
@@ -212,6 +213,24 @@ def test_bad_requests_get_precise_codes(client: Client, teacher_model: pb.Model,
     spec.dataset.image_folder.train_dir, spec.dataset.image_folder.val_dir = "escape", "escape"
     assert create(spec).code() == code.INVALID_ARGUMENT
 
+    # Data-free specs: no losses, no epochs, and a shape when there is no dataset to take it from.
+    spec = data_free_spec(teacher_model.id)
+    spec.losses.add(kd=pb.KnowledgeDistillation())
+    err = create(spec)
+    assert err.code() == code.INVALID_ARGUMENT and "losses must be empty" in err.details()
+    spec = data_free_spec(teacher_model.id)
+    spec.training.epochs = 3
+    err = create(spec)
+    assert err.code() == code.INVALID_ARGUMENT and "training.epochs" in err.details()
+    spec = data_free_spec(teacher_model.id)
+    spec.data_free.ClearField("input_shape")
+    err = create(spec)
+    assert err.code() == code.INVALID_ARGUMENT and "input_shape is required" in err.details()
+    spec = data_free_spec(teacher_model.id)
+    spec.data_free.batch_size = 1
+    err = create(spec)
+    assert err.code() == code.INVALID_ARGUMENT and "batch_size" in err.details()
+
     if not torch.cuda.is_available():
         spec = tiny_spec(teacher_model.id)
         spec.device = pb.DEVICE_CUDA
@@ -255,3 +274,61 @@ def test_feature_methods_run_through_the_api(client: Client, teacher_model: pb.M
     spec.losses[1].attention.layers.add(teacher="no.such.layer", student="pool")
     job = client.wait(client.create_job(spec).id)
     assert job.state == pb.JOB_STATE_FAILED and "no module 'no.such.layer'" in job.error.message
+
+
+def data_free_spec(teacher_id: str) -> pb.JobSpec:
+    """A data-free job of a few seconds: no dataset, a narrow generator, 20 iterations."""
+    return pb.JobSpec(
+        teacher_model_id=teacher_id,
+        student=pb.StudentSpec(architecture="lenet5_half"),
+        data_free=pb.DataFreeSpec(
+            input_shape=pb.InputShape(channels=1, height=28, width=28),
+            iterations=20,
+            student_steps=2,
+            batch_size=32,
+            generator_width=8,
+        ),
+        benchmark=pb.BenchmarkSpec(batch_sizes=[1], warmup_runs=2, min_runs=5, min_seconds=0.05),
+        device=pb.DEVICE_CPU,
+    )
+
+
+def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
+    job = client.wait(client.create_job(data_free_spec(teacher_model.id)).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    assert {a.name for a in job.artifacts} == {
+        "student.onnx", "student.pt", "report.json", "report.md", "samples.png", "generator.pt"
+    }
+    report = client.report(job.id)
+    # Nothing labelled to score on: no accuracy anywhere, and the report says so.
+    assert not any(v.HasField("accuracy") for v in report.variants)
+    assert "no labelled data" in report.summary
+    d = report.data_free
+    assert (d.method, d.iterations, d.student_steps, d.batch_size) == ("dfad", 20, 2, 32)
+    assert len(d.class_histogram) == 4 and sum(d.class_histogram) == d.generated_samples > 0
+    assert 0 <= d.agreement_on_generated <= 100
+    assert report.training.steps == 20 and report.training.train_samples == 0 and report.training.val_samples == 0
+    assert report.export.parity_max_abs_diff <= 1e-4 and report.export.parity_samples > 0
+
+    with Image.open(client.download(job.id, "samples.png", tmp_path)) as grid:
+        assert grid.size == (8 * 28, 4 * 28)  # 8 samples per class, one row per class
+    markdown = client.download(job.id, "report.md", tmp_path).read_text()
+    assert "## Data-free: dfad" in markdown and "nothing to evaluate" in markdown
+    saved = torch.load(client.download(job.id, "generator.pt", tmp_path), weights_only=True)
+    assert datafree.Generator.from_checkpoint(saved).sample(3).shape == (3, 1, 28, 28)
+
+
+def test_data_free_job_evaluates_on_validation_data_only(client: Client, teacher_model: pb.Model) -> None:
+    spec = data_free_spec(teacher_model.id)
+    spec.dataset.generated.CopyFrom(pb.GeneratedDataset(**TINY_DATA))
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    report = client.report(job.id)
+    teacher, student, _ = report.variants
+    assert teacher.accuracy.samples == student.accuracy.samples == TINY_DATA["val_size"]
+    assert teacher.accuracy.top1 > 90
+    assert report.training.train_samples == 0 and report.training.val_samples == TINY_DATA["val_size"]
+
+    spec.data_free.input_shape.channels = 3  # disagrees with the dataset's images
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_FAILED and "differs from the dataset" in job.error.message

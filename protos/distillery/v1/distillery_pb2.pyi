@@ -18,6 +18,12 @@ class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_FORMAT_STATE_DICT: _ClassVar[ModelFormat]
     MODEL_FORMAT_ONNX: _ClassVar[ModelFormat]
 
+class DataFreeMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_FREE_METHOD_UNSPECIFIED: _ClassVar[DataFreeMethod]
+    DATA_FREE_METHOD_DFAD: _ClassVar[DataFreeMethod]
+    DATA_FREE_METHOD_BN_PRIOR: _ClassVar[DataFreeMethod]
+
 class Device(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DEVICE_UNSPECIFIED: _ClassVar[Device]
@@ -49,6 +55,9 @@ MODEL_FORMAT_TORCHSCRIPT: ModelFormat
 MODEL_FORMAT_EXPORTED_PROGRAM: ModelFormat
 MODEL_FORMAT_STATE_DICT: ModelFormat
 MODEL_FORMAT_ONNX: ModelFormat
+DATA_FREE_METHOD_UNSPECIFIED: DataFreeMethod
+DATA_FREE_METHOD_DFAD: DataFreeMethod
+DATA_FREE_METHOD_BN_PRIOR: DataFreeMethod
 DEVICE_UNSPECIFIED: Device
 DEVICE_CPU: Device
 DEVICE_CUDA: Device
@@ -124,7 +133,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name")
+    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name", "data_free")
     TEACHER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +143,7 @@ class JobSpec(_message.Message):
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FREE_FIELD_NUMBER: _ClassVar[int]
     teacher_model_id: str
     student: StudentSpec
     dataset: DatasetSpec
@@ -143,7 +153,46 @@ class JobSpec(_message.Message):
     benchmark: BenchmarkSpec
     device: Device
     display_name: str
-    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ...) -> None: ...
+    data_free: DataFreeSpec
+    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ...) -> None: ...
+
+class DataFreeSpec(_message.Message):
+    __slots__ = ("method", "input_shape", "iterations", "student_steps", "batch_size", "student_learning_rate", "generator_learning_rate", "generator_width", "adversarial_weight", "balance_weight", "bn_weight", "confidence_weight")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    ADVERSARIAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BN_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    method: DataFreeMethod
+    input_shape: InputShape
+    iterations: int
+    student_steps: int
+    batch_size: int
+    student_learning_rate: float
+    generator_learning_rate: float
+    generator_width: int
+    adversarial_weight: float
+    balance_weight: float
+    bn_weight: float
+    confidence_weight: float
+    def __init__(self, method: _Optional[_Union[DataFreeMethod, str]] = ..., input_shape: _Optional[_Union[InputShape, _Mapping]] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., student_learning_rate: _Optional[float] = ..., generator_learning_rate: _Optional[float] = ..., generator_width: _Optional[int] = ..., adversarial_weight: _Optional[float] = ..., balance_weight: _Optional[float] = ..., bn_weight: _Optional[float] = ..., confidence_weight: _Optional[float] = ...) -> None: ...
+
+class InputShape(_message.Message):
+    __slots__ = ("channels", "height", "width")
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    channels: int
+    height: int
+    width: int
+    def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class StudentSpec(_message.Message):
     __slots__ = ("architecture",)
@@ -469,7 +518,7 @@ class WatchJobResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment")
+    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -479,6 +528,7 @@ class Report(_message.Message):
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     EXPORT_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FREE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     create_time: _timestamp_pb2.Timestamp
     summary: str
@@ -488,7 +538,28 @@ class Report(_message.Message):
     training: TrainingSummary
     export: ExportSummary
     environment: Environment
-    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ...) -> None: ...
+    data_free: DataFreeSummary
+    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ...) -> None: ...
+
+class DataFreeSummary(_message.Message):
+    __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ON_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    iterations: int
+    student_steps: int
+    batch_size: int
+    class_histogram: _containers.RepeatedScalarFieldContainer[int]
+    generated_samples: int
+    agreement_on_generated: float
+    samples_artifact: str
+    def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("architecture", "parameters", "macs", "num_classes", "input_shape")
