@@ -7,7 +7,7 @@ seeds, and the final model (never the best epoch) is scored on the test split.
     python bench/quality.py --case mnist                # LeNet-5 -> LeNet-5-half, 3 seeds
     python bench/quality.py --case cifar10 --train-samples 5000 --seeds 1
     python bench/quality.py --case mnist-omit3          # Hinton's omitted-class experiment
-    python bench/quality.py --case mnist-datafree --seeds 1 --iterations 1600
+    python bench/quality.py --case mnist-datafree --seeds 1 --iterations 2000
     python bench/quality.py --case cifar10-datafree --train-samples 5000 --seeds 1 --iterations 150
 
 Writes bench/results/quality-<case>.md and prints the table. Data come from
@@ -285,7 +285,7 @@ def main() -> None:
     p.add_argument("--test-samples", type=int, default=0, help="cap the test split (0: all)")
     p.add_argument("--methods", nargs="*", help="only rows whose name contains one of these")
     p.add_argument("--out", type=Path, help="where to write the table (default bench/results/quality-CASE.md)")
-    p.add_argument("--iterations", type=int, default=1600, help="data-free: generator iterations")
+    p.add_argument("--iterations", type=int, default=2000, help="data-free: generator iterations")
     p.add_argument("--generator-width", type=int, default=16, help="data-free: the generator's last-block channels")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="data-free: where to train")
     args = p.parse_args()

@@ -214,6 +214,11 @@ def distil_data_free(
         for p in teacher.parameters():
             p.requires_grad_(False)
 
+    # NHWC is oneDNN's and cuDNN's fast layout for convolutions: 1.3x per iteration on
+    # this CPU (MNIST, width 16); the teacher's convolutions follow their input's layout.
+    for model in (generator, student):
+        model.to(memory_format=torch.channels_last)
+
     student_opt = torch.optim.SGD(student.parameters(), lr=config.student_lr, momentum=0.9, weight_decay=config.weight_decay)
     generator_opt = torch.optim.Adam(generator.parameters(), lr=config.generator_lr, betas=(0.5, 0.999))
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.iterations) / config.iterations))  # noqa: E731
@@ -228,7 +233,7 @@ def distil_data_free(
         for schedule, state in zip(schedules, resume_from["schedules"]):
             schedule.load_state_dict(state)
         step = int(resume_from["step"])
-        torch.set_rng_state(resume_from["rng"])
+        torch.set_rng_state(resume_from["rng"].cpu())  # the worker maps checkpoints to the job's device
 
     prior = _BatchNormPrior(batchnorm_layers(teacher)) if method == "bn_prior" else None
     tail = max(1, config.iterations // 20)
@@ -269,6 +274,7 @@ def distil_data_free(
     finally:
         if prior is not None:
             prior.remove()
+        student.to(memory_format=torch.contiguous_format)  # what export and the checkpoints expect
     student.eval()
     return DataFreeResult(
         method=method,

@@ -30,7 +30,7 @@ from distill import models
 from distill.benchmark import LatencyStats, count_macs, count_parameters, measure_latency, torch_runner
 from distill.allocator import keep_freed_memory
 from distill.data import ImageData, Normalization, Splits
-from distill.datafree import Generator, check_generator, distil_data_free, resolve_method
+from distill.datafree import DataFreeConfig, DataFreeResult, check_generator, distil_data_free, resolve_method
 from distill.evaluate import AccuracyResult, accuracy
 from distill.loading import STATE_DICT, Teacher
 from distill.losses import build_loss
@@ -197,31 +197,18 @@ class Job:
         files = {name: self.workdir / name for name in ("student.pt", "student.onnx", "report.json", "report.md")}
         data_free = None
         if plan.data_free:
-            training, generator = self.distil_without_data(plan, teacher, student, input_shape, resume)
+            training, result = self.distil_without_data(plan, teacher, student, input_shape, resume)
         else:
             assert splits is not None
             training = self.distil_with_data(plan, teacher, student, splits, resume)
 
         self.stage("evaluate")
         if plan.data_free:
-            check = check_generator(generator, teacher.model, student)
-            files["samples.png"], files["generator.pt"] = self.workdir / "samples.png", self.workdir / "generator.pt"
-            save_image(check.grid, files["samples.png"])
-            torch.save(generator.cpu().to_checkpoint(), files["generator.pt"])
-            data_free = pb.DataFreeSummary(
-                method=training.method.split("(")[0],
-                iterations=plan.data_free.config.iterations,
-                student_steps=plan.data_free.config.student_steps,
-                batch_size=plan.data_free.config.batch_size,
-                class_histogram=check.class_histogram,
-                generated_samples=check.samples,
-                agreement_on_generated=check.agreement,
-                samples_artifact="samples.png",
-            )
-            # Without labelled data, fresh generated images stand in for parity and latency inputs.
-            inputs = EvalInputs(splits.val, splits.normalization) if splits else EvalInputs(generator.sample(PARITY_SAMPLES))
-        else:
+            data_free = self.inspect_generator(result, plan.data_free.config, teacher, student, files)
+        if splits:
             inputs = EvalInputs(splits.val, splits.normalization)
+        else:  # no labelled data: fresh generated images stand in for parity and latency inputs
+            inputs = EvalInputs(result.generator.sample(PARITY_SAMPLES))
         teacher_logits = predict(teacher.model, inputs.batches(), device)
         student_logits = predict(student, inputs.batches(), device)
         training.val_samples = len(inputs) if inputs.labels is not None else 0
@@ -304,7 +291,7 @@ class Job:
         student: torch.nn.Module,
         input_shape: tuple[int, int, int],
         resume: dict[str, Any] | None,
-    ) -> tuple[pb.TrainingSummary, Generator]:
+    ) -> tuple[pb.TrainingSummary, DataFreeResult]:
         assert plan.data_free is not None
         config = plan.data_free.config
         method = resolve_method(config.method, teacher.model)
@@ -329,7 +316,31 @@ class Job:
             wall_seconds=trained.wall_seconds,
             device=config.device,
         )
-        return summary, trained.generator
+        return summary, trained
+
+    def inspect_generator(
+        self,
+        result: DataFreeResult,
+        config: DataFreeConfig,
+        teacher: Teacher,
+        student: torch.nn.Module,
+        files: dict[str, Path],
+    ) -> pb.DataFreeSummary:
+        """Sample the trained generator for people (a grid, the class histogram) and keep it for calibration."""
+        check = check_generator(result.generator, teacher.model, student)
+        files["samples.png"], files["generator.pt"] = self.workdir / "samples.png", self.workdir / "generator.pt"
+        save_image(check.grid, files["samples.png"])
+        torch.save(result.generator.cpu().to_checkpoint(), files["generator.pt"])
+        return pb.DataFreeSummary(
+            method=result.method,
+            iterations=config.iterations,
+            student_steps=config.student_steps,
+            batch_size=config.batch_size,
+            class_histogram=check.class_histogram,
+            generated_samples=check.samples,
+            agreement_on_generated=check.agreement,
+            samples_artifact="samples.png",
+        )
 
     def benchmark(
         self,

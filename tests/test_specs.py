@@ -24,6 +24,28 @@ def test_example_spec_is_valid(tmp_path: Path) -> None:
     assert plan.methods == [losses.MethodConfig("kd", 1.0, {"temperature": 4.0, "alpha": 0.9})]
 
 
+def test_data_free_example_and_defaults(tmp_path: Path) -> None:
+    spec = json_format.ParseDict(yaml.safe_load((REPO / "examples/mnist-datafree.yaml").read_text()), pb.JobSpec())
+    spec.teacher_model_id = "m-x"
+    plan = specs.plan(spec, (tmp_path,), cuda_available=False)
+    assert plan.data_free is not None and plan.methods == []
+    assert plan.data_free.input_shape == (1, 28, 28) and plan.dataset is not None
+    config = plan.data_free.config
+    assert (config.method, config.iterations, config.generator_width, config.device) == ("auto", 1600, 16, "cpu")
+
+    bare = pb.JobSpec(
+        teacher_model_id="m-x",
+        student=pb.StudentSpec(architecture="lenet5_half"),
+        data_free=pb.DataFreeSpec(method=pb.DATA_FREE_METHOD_DFAD, input_shape=pb.InputShape(channels=3, height=32, width=32)),
+    )
+    bare.data_free.balance_weight = 0  # explicit zero: the paper's pure DFAD
+    plan = specs.plan(bare, (tmp_path,), cuda_available=True)
+    config = plan.data_free.config
+    assert plan.dataset is None and config.method == "dfad" and config.balance_weight == 0
+    assert (config.iterations, config.student_steps, config.batch_size, config.generator_width) == (2000, 5, 256, 64)
+    assert config.bn_weight == 1.0 and config.student_lr == pytest.approx(0.1)
+
+
 def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
     spec = pb.JobSpec(
         teacher_model_id="m-x",
