@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import platform
 from typing import Any
 
 import pytest
 import torch
 
-from distill import data, datafree, evaluate, models, trainer
+from distill import allocator, data, datafree, evaluate, models, trainer
 from distill.datafree import DataFreeConfig, Generator
 from tests.conftest import TINY_DATA
 
@@ -130,3 +131,9 @@ def test_config_rejects_nonsense() -> None:
         DataFreeConfig(method="magic", batch_size=1)
     with pytest.raises(ValueError, match="weights"):
         DataFreeConfig(bn_weight=-1)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_allocator_tuning_applies_on_glibc() -> None:
+    assert allocator.keep_freed_memory()
+    assert torch.ones(64 << 20, dtype=torch.uint8).sum() == 64 << 20  # large allocations still work
