@@ -122,12 +122,18 @@ def train_student(case: Case, teacher: torch.nn.Module, splits: data.Splits, con
     return student, time.perf_counter() - started
 
 
-def run_methods(case_name: str, args: argparse.Namespace) -> str:
+def prepare_case(case_name: str, args: argparse.Namespace) -> tuple[Case, data.Splits, torch.nn.Module, float]:
+    """The case's data, its (cached) teacher and the teacher's test top-1."""
     case = CASES[case_name]
     splits = load_case_data(case_name, args.train_samples, args.test_samples)
     teacher = cached_teacher(case_name, case, splits, args.train_samples)
     teacher_top1 = top1(teacher, splits.val, splits.normalization)
     print(f"teacher {case.teacher}: {teacher_top1:.2f}% on {len(splits.val)} test images", flush=True)
+    return case, splits, teacher, teacher_top1
+
+
+def run_methods(case_name: str, args: argparse.Namespace) -> str:
+    case, splits, teacher, teacher_top1 = prepare_case(case_name, args)
 
     rows: dict[str, tuple[list[float], list[float]]] = {}
     for name, configs in METHODS.items():
@@ -171,11 +177,7 @@ DATA_FREE: dict[str, dict[str, float | str]] = {
 
 
 def run_data_free(case_name: str, args: argparse.Namespace) -> str:
-    case = CASES[case_name]
-    splits = load_case_data(case_name, args.train_samples, args.test_samples)
-    teacher = cached_teacher(case_name, case, splits, args.train_samples)
-    teacher_top1 = top1(teacher, splits.val, splits.normalization)
-    print(f"teacher {case.teacher}: {teacher_top1:.2f}% on {len(splits.val)} test images", flush=True)
+    case, splits, teacher, teacher_top1 = prepare_case(case_name, args)
     shape, classes = splits.train.input_shape, len(splits.train.classes)
     has_bn = bool(datafree.batchnorm_layers(teacher))
 
