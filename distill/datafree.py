@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.trainer import CheckpointFn, Progress, ProgressFn, TrainingDivergedError, _autocast
+from distill.trainer import CheckpointFn, Progress, ProgressFn, TrainingDivergedError, _autocast, predict
 
 METHODS = ("auto", "dfad", "bn_prior")
 
@@ -356,14 +356,10 @@ def check_generator(
     batch_size: int = 256,
 ) -> GeneratorCheck:
     """Sample the generator once; count the teacher's classes, score agreement, draw the grid."""
-    device = next(generator.parameters()).device
+    device = str(next(generator.parameters()).device)
     images = generator.sample(samples, batch_size)
-    teacher_logits, student_logits = [], []
-    with torch.inference_mode():
-        for chunk in images.split(batch_size):
-            teacher_logits.append(teacher(chunk.to(device)).float().cpu())
-            student_logits.append(student.to(device).eval()(chunk.to(device)).float().cpu())
-    teacher_logits, student_logits = torch.cat(teacher_logits), torch.cat(student_logits)
+    teacher_logits = predict(teacher, images.split(batch_size), device)
+    student_logits = predict(student.to(device).eval(), images.split(batch_size), device)
     predicted = teacher_logits.argmax(dim=1)
     num_classes = teacher_logits.shape[1]
     confidence = teacher_logits.softmax(dim=1).max(dim=1).values
@@ -373,12 +369,11 @@ def check_generator(
     for c in range(num_classes):
         members = (predicted == c).nonzero().flatten()
         best = members[confidence[members].argsort(descending=True)[:per_class]]
-        shown = images[best]
+        shown = images[best, :3] if channels >= 3 else images[best].expand(-1, 3, -1, -1)
         # Stretch each image to [0, 1] on its own: generated images have no fixed range.
         low = shown.amin(dim=(1, 2, 3), keepdim=True)
         high = shown.amax(dim=(1, 2, 3), keepdim=True)
-        shown = ((shown - low) / (high - low).clamp_min(1e-6)).expand(-1, 3, -1, -1) if channels == 1 else (shown[:, :3] - low) / (high - low).clamp_min(1e-6)
-        rows[c, : len(shown)] = shown
+        rows[c, : len(shown)] = (shown - low) / (high - low).clamp_min(1e-6)
     grid = rows.permute(2, 0, 3, 1, 4).reshape(3, num_classes * height, per_class * width)
     return GeneratorCheck(
         samples=samples,
