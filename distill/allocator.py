@@ -29,12 +29,33 @@ def keep_freed_memory() -> bool:
     applies to a running process. The heap then stays at its peak size, the
     price of the speed. Returns False where this is not glibc (no change).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the kernel now (glibc ``malloc_trim(0)``).
+
+    Memory measurements call this first, so the resident size they start from
+    holds live objects only, not pages that earlier work freed and kept.
+    Returns False where there is no ``malloc_trim``.
+    """
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is None:
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim(0)
+    return True
+
+
+def _glibc(function: str):  # noqa: ANN202 (a ctypes function pointer)
+    """A glibc function, or None where the C library is not glibc (musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), function)
+    except (OSError, AttributeError):
+        return None

@@ -28,3 +28,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor
     if reference is not None:
         agreement = 100.0 * (predicted == reference.argmax(dim=1)).float().mean().item()
     return AccuracyResult(len(labels), top1, top5, agreement)
+
+
+def per_class_top1(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[tuple[int, float]]:
+    """(samples, top-1 percent) for each class; a class with no samples scores 0."""
+    correct = logits.argmax(dim=1) == labels
+    samples = labels.bincount(minlength=num_classes)
+    hits = labels[correct].bincount(minlength=num_classes)
+    return [(int(n), 100.0 * int(h) / int(n) if n else 0.0) for n, h in zip(samples.tolist(), hits.tolist())]

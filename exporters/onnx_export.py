@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,12 @@ def session(path: Path, num_threads: int = 0, providers: list[str] | None = None
 
 def run(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
     return sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def runner(sess: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
+    """``batch -> first output`` for any single-input file (an uploaded one may name its tensors anything)."""
+    name = sess.get_inputs()[0].name  # looked up once: timing loops call this per batch
+    return lambda batch: sess.run(None, {name: batch})[0]
 
 
 def validate(

@@ -33,6 +33,7 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: Path, num_threads: int = 0) -> None:
         super().__init__()
+        self.path = str(path)
         self.session = session(path, num_threads=num_threads)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -68,3 +69,13 @@ def load_onnx_teacher(path: Path, input_shape: tuple[int, int, int], num_threads
     except Exception as e:  # onnxruntime refuses malformed graphs with many error types
         raise ModelFileError(f"onnxruntime cannot load the ONNX teacher: {e}") from e
     return describe_teacher(model, ONNX, ONNX, input_shape)
+
+
+def parameter_count(model: OnnxTeacher) -> int:
+    """Floating-point values in the graph's initializers: the weights (integer ones are shapes and indices)."""
+    graph = onnx.load(model.path, load_external_data=False).graph
+    weights = (init for init in graph.initializer if init.data_type in _FLOAT_TYPES)
+    return sum(int(np.prod(init.dims)) for init in weights)
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}

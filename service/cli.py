@@ -90,12 +90,15 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
         spec.data_free.method = pb.DataFreeMethod.Value(
             "DATA_FREE_METHOD_UNSPECIFIED" if args.data_free == "auto" else f"DATA_FREE_METHOD_{args.data_free.upper()}"
         )
+    if args.benchmark_only:
+        spec.benchmark_only.student_model_id = args.benchmark_only
     if args.input_shape:
         try:
             channels, height, width = (int(n) for n in args.input_shape.split(","))
         except ValueError:
             raise SystemExit(f"error: --input-shape wants C,H,W (e.g. 1,28,28), got {args.input_shape!r}") from None
-        spec.data_free.input_shape.CopyFrom(pb.InputShape(channels=channels, height=height, width=width))
+        shape = pb.InputShape(channels=channels, height=height, width=width)
+        (spec.benchmark_only if spec.HasField("benchmark_only") else spec.data_free).input_shape.CopyFrom(shape)
     if args.iterations is not None:
         spec.data_free.iterations = args.iterations
     if args.device:
@@ -148,13 +151,28 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from service.report import to_markdown
+    from service.report_html import to_html
 
     with _client(args) as client:
         report = client.report(args.job_id)
-    if args.format == "json":
-        print(json_format.MessageToJson(report, preserving_proto_field_name=True))
+    fmt = "html" if args.open else args.format
+    if fmt == "json":
+        text = json_format.MessageToJson(report, preserving_proto_field_name=True) + "\n"
+    elif fmt == "html":
+        text = to_html(report)
     else:
-        print(to_markdown(report))
+        text = to_markdown(report)
+    if args.output is None and not args.open:
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.output or f"report-{args.job_id}.html")
+    path.write_text(text)
+    print(path, file=sys.stderr)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"no browser found; open {path.resolve()}", file=sys.stderr)
     return 0
 
 
@@ -244,8 +262,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float)
     s.add_argument("--alpha", type=float)
     s.add_argument("--data-free", choices=["auto", "dfad", "bn_prior"], help="distil without training data")
-    s.add_argument("--input-shape", help="data-free: the teacher's input as C,H,W (e.g. 1,28,28)")
+    s.add_argument("--input-shape", help="data-free or benchmark-only without a dataset: the input as C,H,W (e.g. 1,28,28)")
     s.add_argument("--iterations", type=int, help="data-free: generator iterations")
+    s.add_argument("--benchmark-only", metavar="STUDENT_MODEL_ID", help="no training: report the teacher against this uploaded model")
     s.add_argument("--device", choices=["cpu", "cuda"])
     s.add_argument("--request-id", help="idempotency key (default: random)")
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
@@ -265,7 +284,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="a finished job's report")
     s.add_argument("job_id")
-    s.add_argument("--format", choices=["md", "json"], default="md")
+    s.add_argument("--format", choices=["md", "json", "html"], default="md")
+    s.add_argument("-o", "--output", help="write to this file instead of stdout")
+    s.add_argument("--open", action="store_true", help="write the HTML report (to --output or report-JOB.html) and open it in a browser")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("download", help="download artifacts (all when none are named)")

@@ -1,7 +1,9 @@
-"""The report for people: a one-line summary and Markdown tables.
+"""The report: what is derived from the measurements, the one-line summary, and Markdown.
 
-report.json is the Report proto's JSON form (one schema for pipelines); this
-module renders the same message for reading.
+report.json is the Report proto's JSON form (one schema for pipelines). The
+worker fills in measurements; ``finish`` computes everything derived from
+them (speedups, accuracy deltas, the student's best runtime and batch size,
+the summary) once, so Markdown, HTML and pipelines read the same numbers.
 """
 
 from __future__ import annotations
@@ -9,36 +11,80 @@ from __future__ import annotations
 from protos.distillery.v1 import distillery_pb2 as pb
 
 
-def _latency_at(variant: pb.Variant, batch_size: int) -> pb.Latency | None:
+def finish(report: pb.Report) -> pb.Report:
+    """Fill the derived fields of a report whose measurements are in place."""
+    teacher = teacher_variant(report)
+    for v in report.variants:
+        if teacher is not None and teacher.HasField("accuracy") and v.HasField("accuracy"):
+            v.top1_delta_vs_teacher = v.accuracy.top1 - teacher.accuracy.top1
+        for lat in v.latency:
+            base = latency_at(teacher, lat.batch_size) if teacher is not None else None
+            if base is not None and lat.p50_ms > 0:
+                lat.speedup_vs_teacher = base.p50_ms / lat.p50_ms
+    timed = [(v, lat) for v in report.variants if v.model == "student" for lat in v.latency]
+    if timed:
+        smallest = min(lat.batch_size for _, lat in timed)
+        v, lat = min(((v, lat) for v, lat in timed if lat.batch_size == smallest), key=lambda pair: pair[1].p50_ms)
+        report.student_lowest_latency.CopyFrom(_pick(v, lat))
+        v, lat = max(timed, key=lambda pair: pair[1].throughput_per_s)
+        report.student_highest_throughput.CopyFrom(_pick(v, lat))
+    report.summary = summary(report)
+    return report
+
+
+def _pick(v: pb.Variant, lat: pb.Latency) -> pb.LatencyPick:
+    return pb.LatencyPick(
+        variant=v.name, runtime=v.runtime, batch_size=lat.batch_size, p50_ms=lat.p50_ms, throughput_per_s=lat.throughput_per_s
+    )
+
+
+def teacher_variant(report: pb.Report) -> pb.Variant | None:
+    return next((v for v in report.variants if v.model == "teacher"), None)
+
+
+def latency_at(variant: pb.Variant, batch_size: int) -> pb.Latency | None:
     return next((lat for lat in variant.latency if lat.batch_size == batch_size), None)
 
 
 def summary(report: pb.Report) -> str:
-    """"student is 4.1x faster at batch 1 (onnxruntime), 0.3 points less accurate (top-1)"."""
-    teacher = next(v for v in report.variants if v.model == "teacher")
-    students = [v for v in report.variants if v.model == "student"]
-    if not teacher.latency or not students:
+    """"student is 4.1x faster at batch 1 (student / onnxruntime), 0.30 points less accurate (top-1)"."""
+    if not report.HasField("student_lowest_latency"):
         return ""
-    batch = min(lat.batch_size for lat in teacher.latency)
-    base = _latency_at(teacher, batch)
-    timed = [(lat.p50_ms, v) for v in students if (lat := _latency_at(v, batch))]
-    fastest_ms, fastest = min(timed, key=lambda item: item[0])
-    speedup = base.p50_ms / fastest_ms if fastest_ms > 0 else float("inf")
+    pick = report.student_lowest_latency
+    fastest = next(v for v in report.variants if v.name == pick.variant)
+    speedup = latency_at(fastest, pick.batch_size).speedup_vs_teacher
     speed_words = f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
-    if not teacher.HasField("accuracy"):
-        agreement = report.data_free.agreement_on_generated
-        return (
-            f"student is {speed_words} at batch {batch} ({fastest.runtime}), agrees with the teacher on "
-            f"{agreement:.1f}% of generated images (no labelled data: accuracy not measured)"
+    if not fastest.HasField("top1_delta_vs_teacher"):
+        if report.HasField("data_free"):
+            accuracy_words = (
+                f"agrees with the teacher on {report.data_free.agreement_on_generated:.1f}% of generated images "
+                "(no labelled data: accuracy not measured)"
+            )
+        else:
+            accuracy_words = "accuracy not measured (no labelled data)"
+    else:
+        delta = fastest.top1_delta_vs_teacher
+        accuracy_words = (
+            f"{abs(delta):.2f} points {'less' if delta < 0 else 'more'} accurate (top-1)"
+            if abs(delta) >= 0.005
+            else "as accurate (top-1)"
         )
-    delta = fastest.accuracy.top1 - teacher.accuracy.top1
-    accuracy_words = (
-        f"{abs(delta):.2f} points {'less' if delta < 0 else 'more'} accurate (top-1)" if abs(delta) >= 0.005 else "as accurate (top-1)"
+    return f"student is {speed_words} at batch {pick.batch_size} ({pick.variant}), {accuracy_words}"
+
+
+def best_latency_line(report: pb.Report) -> str:
+    """Which runtime and batch size give the student's best latency and throughput."""
+    if not report.HasField("student_lowest_latency"):
+        return ""
+    low, high = report.student_lowest_latency, report.student_highest_throughput
+    return (
+        f"Lowest student latency: {low.variant} at batch {low.batch_size}, {low.p50_ms:.3f} ms p50. "
+        f"Highest student throughput: {high.variant} at batch {high.batch_size}, "
+        f"{high.throughput_per_s:,.0f} samples/s."
     )
-    return f"student is {speed_words} at batch {batch} ({fastest.runtime}), {accuracy_words}"
 
 
-def _size(n: float) -> str:
+def size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -46,88 +92,132 @@ def _size(n: float) -> str:
     return str(n)
 
 
-def _count(n: int) -> str:
+def count(n: int) -> str:
+    if n == 0:
+        return "-"  # not measurable (an ONNX file's MACs)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)
 
 
-def to_markdown(report: pb.Report) -> str:
-    """The teacher-vs-student tables for pull requests and chat."""
-    lines = [f"# Distillation report: job {report.job_id}", "", f"**{report.summary}**", ""]
-    lines += [
-        "| model | architecture | parameters | MACs | input |",
-        "|---|---|---:|---:|---|",
-    ]
-    for role, card in (("teacher", report.teacher), ("student", report.student)):
-        shape = "x".join(map(str, card.input_shape))
-        lines.append(f"| {role} | {card.architecture} | {_count(card.parameters)} | {_count(card.macs)} | {shape} |")
-
+def variant_rows(report: pb.Report) -> list[list[str]]:
+    """The side-by-side table (also the HTML's): accuracy, size and p50 per batch size with speedups."""
     batch_sizes = sorted({lat.batch_size for v in report.variants for lat in v.latency})
-    teacher = next((v for v in report.variants if v.model == "teacher"), None)
-    lines += ["", "## Accuracy and latency (p50 ms; speedup against the teacher)", ""]
-    header = ["variant", "top-1 %", "top-5 %", "agreement %", "file"] + [f"batch {b}" for b in batch_sizes]
-    lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    header = ["variant", "top-1 %", "Δ top-1", "top-5 %", "agreement %", "params", "MACs", "file"]
+    rows = [header + [f"batch {b} p50 ms" for b in batch_sizes]]
     for v in report.variants:
         if v.HasField("accuracy"):
-            top5 = f"{v.accuracy.top5:.2f}" if v.accuracy.HasField("top5") else "-"
-            cells = [v.name, f"{v.accuracy.top1:.2f}", top5, f"{v.accuracy.agreement_with_teacher:.2f}"]
+            a = v.accuracy
+            cells = [
+                v.name,
+                f"{a.top1:.2f}",
+                f"{v.top1_delta_vs_teacher:+.2f}" if v.model != "teacher" else "",
+                f"{a.top5:.2f}" if a.HasField("top5") else "-",
+                f"{a.agreement_with_teacher:.2f}",
+            ]
         else:
-            cells = [v.name, "-", "-", "-"]
-        cells.append(_size(v.file_size_bytes))
+            cells = [v.name, "-", "-", "-", "-"]
+        cells += [count(v.parameters), count(v.macs), size(v.file_size_bytes)]
         for b in batch_sizes:
-            lat, base = _latency_at(v, b), _latency_at(teacher, b) if teacher else None
+            lat = latency_at(v, b)
             if lat is None:
                 cells.append("-")
-            elif base is None or v is teacher:
+            elif v.model == "teacher" or not lat.HasField("speedup_vs_teacher"):
                 cells.append(f"{lat.p50_ms:.3f}")
             else:
-                cells.append(f"{lat.p50_ms:.3f} ({base.p50_ms / lat.p50_ms:.1f}x)")
-        lines.append("| " + " | ".join(cells) + " |")
+                cells.append(f"{lat.p50_ms:.3f} ({lat.speedup_vs_teacher:.1f}x)")
+        rows.append(cells)
+    return rows
 
-    lines += ["", "## Latency detail (ms)", "", "| variant | batch | runs | p50 | p90 | p99 | mean | stdev | samples/s |"]
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+def latency_rows(report: pb.Report) -> list[list[str]]:
+    rows = [["variant", "batch", "runs", "p50", "p90", "p95", "p99", "mean", "stdev", "samples/s", "peak memory"]]
     for v in report.variants:
         for lat in v.latency:
-            lines.append(
-                f"| {v.name} | {lat.batch_size} | {lat.runs} | {lat.p50_ms:.3f} | {lat.p90_ms:.3f} | {lat.p99_ms:.3f} "
-                f"| {lat.mean_ms:.3f} | {lat.stdev_ms:.3f} | {lat.throughput_per_s:,.0f} |"
+            rows.append(
+                [v.name, str(lat.batch_size), str(lat.runs)]
+                + [f"{x:.3f}" for x in (lat.p50_ms, lat.p90_ms, lat.p95_ms, lat.p99_ms, lat.mean_ms, lat.stdev_ms)]
+                + [f"{lat.throughput_per_s:,.0f}", size(lat.peak_memory_bytes) if lat.HasField("peak_memory_bytes") else "-"]
             )
+    return rows
 
-    if report.HasField("data_free"):
-        lines += _data_free_section(report.data_free)
 
+def per_class_rows(report: pb.Report) -> list[list[str]]:
+    rows = [["class", "samples", "teacher top-1 %", "student top-1 %", "Δ"]]
+    for c in report.per_class:
+        delta = c.student_top1 - c.teacher_top1
+        rows.append([c.name, str(c.samples), f"{c.teacher_top1:.2f}", f"{c.student_top1:.2f}", f"{delta:+.2f}"])
+    return rows
+
+
+def how_it_was_made(report: pb.Report) -> list[str]:
+    """Bullet points: method, what accuracy was measured on, export, environment."""
     t, e, env = report.training, report.export, report.environment
-    if report.HasField("data_free"):
-        made = f"{t.steps} generator iterations on {t.device}, {t.wall_seconds:.1f} s; final student L1 {t.final_loss:.4f}"
-        scored = (
-            f"- Accuracy is the final model's on {t.val_samples} validation samples, used for nothing else."
+    variant = teacher_variant(report)
+    labelled = variant is not None and variant.HasField("accuracy")
+    scored_on = variant.accuracy.samples if labelled else 0
+    if report.kind == pb.JOB_KIND_BENCHMARK_ONLY:
+        lines = ["Benchmark only: two uploaded models, nothing trained."]
+        lines.append(
+            f"Accuracy is measured on {scored_on} labelled validation samples."
+            if labelled
+            else "No dataset was given: latency was measured on random inputs and accuracy was not measured."
+        )
+    elif report.HasField("data_free"):
+        lines = [
+            f"Method: {t.method}; {t.steps} generator iterations on {t.device}, {t.wall_seconds:.1f} s; "
+            f"final student L1 {t.final_loss:.4f}."
+        ]
+        lines.append(
+            f"Accuracy is the final model's on {t.val_samples} validation samples, used for nothing else."
             if t.val_samples
-            else "- No labelled data was given, so there was nothing to evaluate accuracy on; "
+            else "No labelled data was given, so there was nothing to evaluate accuracy on; "
             "agreement is measured on fresh generated images instead."
         )
-        inputs = "validation" if t.val_samples else "generated"
     else:
-        made = (
-            f"{t.epochs} epochs, {t.steps} steps on {t.device}, {t.wall_seconds:.1f} s; final-epoch loss "
-            f"{t.final_loss:.4f}; {t.train_samples} training and {t.val_samples} validation samples"
+        lines = [
+            f"Method: {t.method}; {t.epochs} epochs, {t.steps} steps on {t.device}, {t.wall_seconds:.1f} s; "
+            f"final-epoch loss {t.final_loss:.4f}; {t.train_samples} training and {t.val_samples} validation samples.",
+            "Accuracy is the final model's on the validation split (no checkpoint was picked by it).",
+        ]
+    if report.HasField("export"):
+        lines.append(
+            f"ONNX: opset {e.opset}, exported with {e.exporter}; onnxruntime matches PyTorch within "
+            f"{e.parity_max_abs_diff:.2e} (tolerance {e.parity_tolerance:.0e}) on {e.parity_samples} inputs."
         )
-        scored = "- Accuracy is the final model's on the validation split (no checkpoint was picked by it)."
-        inputs = "validation"
-    lines += [
-        "",
-        "## How it was made",
-        "",
-        f"- Method: {t.method}; {made}.",
-        scored,
-        f"- ONNX: opset {e.opset}, exported with {e.exporter}; onnxruntime matches PyTorch within "
-        f"{e.parity_max_abs_diff:.2e} (tolerance {e.parity_tolerance:.0e}) on {e.parity_samples} {inputs} inputs.",
-        f"- Environment: {env.cpu}, {env.cpu_cores} cores, {env.num_threads} threads"
-        f"{', GPU ' + env.gpu if env.gpu else ''}; torch {env.torch_version}, onnxruntime "
-        f"{env.onnxruntime_version}, onnx {env.onnx_version}.",
-        "",
-    ]
+    lines.append(
+        "Latency: p50 of single calls after warm-up, at least the set number of runs and seconds each; "
+        "peak memory is what the calls added above the resident weights."
+    )
+    lines.append(
+        f"Environment: {env.cpu}, {env.cpu_cores} cores, {env.num_threads} intra-op threads"
+        f"{', GPU ' + env.gpu if env.gpu else ''}; {env.platform}, Python {env.python_version}, torch "
+        f"{env.torch_version}, onnxruntime {env.onnxruntime_version} ({', '.join(env.execution_providers)}), "
+        f"onnx {env.onnx_version}."
+    )
+    return lines + list(report.notes)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    header, *body = rows
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return ["| " + " | ".join(r) + " |" for r in (header, align, *body)]
+
+
+def to_markdown(report: pb.Report) -> str:
+    """The teacher-vs-student tables for pull requests and chat (report.html has the same and plots)."""
+    lines = [f"# Distillation report: job {report.job_id}", "", f"**{report.summary}**", ""]
+    if report.HasField("student_lowest_latency"):
+        lines += [best_latency_line(report), ""]
+    lines += ["## Side by side (p50 ms; speedup against the teacher at the same batch size)", ""]
+    lines += _table(variant_rows(report))
+    lines += ["", "## Latency detail (ms)", ""] + _table(latency_rows(report))
+    if report.per_class:
+        lines += ["", "## Per class (top-1 on the validation split)", ""] + _table(per_class_rows(report))
+    if report.HasField("data_free"):
+        lines += _data_free_section(report.data_free)
+    lines += ["", "## How it was made", ""] + [f"- {line}" for line in how_it_was_made(report)] + [""]
     return "\n".join(lines)
 
 
@@ -145,10 +235,13 @@ def _data_free_section(d: pb.DataFreeSummary) -> list[str]:
         "",
         "Teacher's classes over the generated images (a collapsed generator puts most in a few):",
         "",
-        "| class | " + " | ".join(str(c) for c in range(len(d.class_histogram))) + " |",
-        "|---" + "|---:" * len(d.class_histogram) + "|",
-        "| share % | " + " | ".join(f"{100 * n / total:.1f}" for n in d.class_histogram) + " |",
     ]
+    lines += _table(
+        [
+            ["class"] + [str(c) for c in range(len(d.class_histogram))],
+            ["share %"] + [f"{100 * n / total:.1f}" for n in d.class_histogram],
+        ]
+    )
     if empty:
         lines += ["", f"**No generated image was classed as {', '.join(empty)}.**"]
     return lines

@@ -185,6 +185,8 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
         teacher = self.store.get_model(request.spec.teacher_model_id)
         if teacher is None:
             raise NotFound(f"teacher model {request.spec.teacher_model_id!r} not found; upload it first")
+        if plan.benchmark_only and self.store.get_model(plan.benchmark_only.student_model_id) is None:
+            raise NotFound(f"student model {plan.benchmark_only.student_model_id!r} not found; upload it first")
         for method in plan.methods:
             if method.uses_features and teacher.format != pb.MODEL_FORMAT_STATE_DICT:
                 raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")

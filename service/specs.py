@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import data, losses, models
+from distill.benchmark import DEFAULT_BATCH_SIZES
 from distill.datafree import DataFreeConfig
 from distill.trainer import TrainConfig
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -60,7 +61,7 @@ class DatasetPlan:
 
 @dataclass(frozen=True)
 class BenchmarkPlan:
-    batch_sizes: tuple[int, ...] = (1, 32)
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     warmup_runs: int = 10
     min_runs: int = 30
     min_seconds: float = 1.0
@@ -74,16 +75,23 @@ class DataFreePlan:
 
 
 @dataclass(frozen=True)
+class BenchmarkOnlyPlan:
+    student_model_id: str
+    input_shape: tuple[int, int, int] | None  # None: the dataset's
+
+
+@dataclass(frozen=True)
 class JobPlan:
     teacher_model_id: str
-    student_architecture: str
-    dataset: DatasetPlan | None  # None only for data-free jobs
+    student_architecture: str  # empty for benchmark-only jobs (the student is uploaded)
+    dataset: DatasetPlan | None  # None only for data-free and benchmark-only jobs
     methods: list[losses.MethodConfig]
     training: TrainConfig
     opset: int
     parity_tolerance: float
     benchmark: BenchmarkPlan
     data_free: DataFreePlan | None = None
+    benchmark_only: BenchmarkOnlyPlan | None = None
 
 
 def confine(path: str, roots: tuple[Path, ...], field_name: str) -> Path:
@@ -125,8 +133,9 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
     """Validate ``spec`` and fill in defaults. Raises InvalidArgument or FailedPrecondition."""
     if not spec.teacher_model_id:
         raise InvalidArgument("teacher_model_id is required (upload the teacher with UploadModel first)")
+    benchmark_only = _benchmark_only_plan(spec) if spec.HasField("benchmark_only") else None
     arch = spec.student.architecture
-    if arch not in models.architectures():
+    if benchmark_only is None and arch not in models.architectures():
         raise InvalidArgument(f"student.architecture {arch!r} is unknown; known: {', '.join(models.architectures())}")
     if spec.device == pb.DEVICE_CUDA and not cuda_available:
         raise FailedPrecondition("device CUDA was asked for, but this server has no CUDA device")
@@ -166,7 +175,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
     _in_range(tolerance, 1e-8, 1.0, "export.parity_tolerance")
 
     b = spec.benchmark
-    batch_sizes = tuple(b.batch_sizes) or (1, 32)
+    batch_sizes = tuple(b.batch_sizes) or DEFAULT_BATCH_SIZES
     for size in batch_sizes:
         _in_range(size, 1, 4096, "benchmark.batch_sizes[]")
     _in_range(b.warmup_runs, 0, 1000, "benchmark.warmup_runs")
@@ -184,14 +193,42 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
     return JobPlan(
         teacher_model_id=spec.teacher_model_id,
         student_architecture=arch,
-        dataset=_dataset_plan(spec.dataset, data_roots, t.seed) if spec.HasField("dataset") or not data_free else None,
+        dataset=(
+            _dataset_plan(spec.dataset, data_roots, t.seed)
+            if spec.HasField("dataset") or not (data_free or benchmark_only)
+            else None
+        ),
         methods=methods,
         training=training,
         opset=opset,
         parity_tolerance=tolerance,
         benchmark=benchmark,
         data_free=data_free,
+        benchmark_only=benchmark_only,
     )
+
+
+def _benchmark_only_plan(spec: pb.JobSpec) -> BenchmarkOnlyPlan:
+    b = spec.benchmark_only
+    if not b.student_model_id:
+        raise InvalidArgument("benchmark_only.student_model_id is required (upload the second model first)")
+    unused = [name for name in ("student", "training", "data_free") if spec.HasField(name)]
+    if spec.losses:
+        unused.append("losses")
+    if unused:
+        raise InvalidArgument(f"a benchmark_only job trains nothing: leave {', '.join(unused)} unset")
+    if not b.HasField("input_shape") and not spec.HasField("dataset"):
+        raise InvalidArgument("benchmark_only.input_shape is required when there is no dataset to take it from")
+    shape = _input_shape(b.input_shape, "benchmark_only.input_shape") if b.HasField("input_shape") else None
+    return BenchmarkOnlyPlan(b.student_model_id, shape)
+
+
+def _input_shape(shape: pb.InputShape, name: str) -> tuple[int, int, int]:
+    if shape.channels not in (1, 3, 4):
+        raise InvalidArgument(f"{name}.channels must be 1, 3 or 4")
+    _in_range(shape.height, 8, 1024, f"{name}.height")
+    _in_range(shape.width, 8, 1024, f"{name}.width")
+    return (shape.channels, shape.height, shape.width)
 
 
 _DATA_FREE_METHODS = {
@@ -213,12 +250,7 @@ def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
         raise InvalidArgument(f"data_free.method {d.method} is unknown")
     input_shape = None
     if d.HasField("input_shape"):
-        shape = d.input_shape
-        if shape.channels not in (1, 3, 4):
-            raise InvalidArgument("data_free.input_shape.channels must be 1, 3 or 4")
-        _in_range(shape.height, 8, 1024, "data_free.input_shape.height")
-        _in_range(shape.width, 8, 1024, "data_free.input_shape.width")
-        input_shape = (shape.channels, shape.height, shape.width)
+        input_shape = _input_shape(d.input_shape, "data_free.input_shape")
     elif not spec.HasField("dataset"):
         raise InvalidArgument("data_free.input_shape is required when there is no dataset to take it from")
     weights = {

@@ -2,6 +2,9 @@
 
 load_teacher -> build_student -> distil -> evaluate -> export -> benchmark -> report
 
+A benchmark-only job loads an uploaded student instead of building and
+distilling one; the rest is the same pipeline, so its report is the same.
+
 Each stage is announced as an event in the store. The worker ends its job
 itself (SUCCEEDED, or FAILED with a readable message); if it dies instead, the
 supervisor sees the exit and fails the job.
@@ -27,17 +30,18 @@ from google.protobuf import json_format
 from torchvision.utils import save_image
 
 from distill import models
-from distill.benchmark import LatencyStats, count_macs, count_parameters, measure_latency, torch_runner
+from distill.benchmark import LatencyStats, Runner, TimingPlan, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory
 from distill.data import ImageData, Normalization, Splits
 from distill.datafree import DataFreeConfig, DataFreeResult, check_generator, distil_data_free, resolve_method
-from distill.evaluate import AccuracyResult, accuracy
-from distill.loading import STATE_DICT, Teacher
+from distill.evaluate import AccuracyResult, accuracy, per_class_top1
+from distill.loading import STATE_DICT, ModelFileError, Teacher
 from distill.losses import build_loss
 from distill.trainer import Progress, distil, predict
 from exporters import onnx_export, onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import report as report_format
+from service import report_html
 from service import model_formats, specs
 from service.artifacts import BlobStore
 from service.config import ServerConfig
@@ -57,6 +61,7 @@ STAGE_START = {
     "report": 0.98,
 }
 PARITY_SAMPLES = 1000
+CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
 def main(config: ServerConfig, job_id: str) -> None:
@@ -81,21 +86,6 @@ def main(config: ServerConfig, job_id: str) -> None:
         store.transition(job_id, pb.JOB_STATE_FAILED, describe(e), status_code(e).value[0])
     finally:
         store.close()
-
-
-@dataclass
-class Measured:
-    """What the pipeline learns, gathered for the report."""
-
-    teacher_accuracy: AccuracyResult | None  # None: no labelled data to score on
-    student_accuracy: AccuracyResult | None
-    onnx_accuracy: AccuracyResult | None
-    training: pb.TrainingSummary
-    export: onnx_export.ExportResult
-    parity: onnx_export.ParityResult
-    latency: dict[str, list[LatencyStats]]
-    files: dict[str, Path]
-    data_free: pb.DataFreeSummary | None
 
 
 @dataclass
@@ -132,12 +122,45 @@ class EvalInputs:
         return accuracy(logits, self.labels, teacher_logits) if self.labels is not None else None
 
 
+@dataclass
+class Variant:
+    """One model in one runtime, as the report's side-by-side table shows it."""
+
+    model: str  # teacher | student
+    runtime: str  # pytorch | onnxruntime
+    runner: Runner
+    logits: torch.Tensor  # on the evaluation inputs
+    file_size: int
+    parameters: int
+    macs: int
+    device: str
+    execution_provider: str = ""
+
+    @property
+    def name(self) -> str:
+        suffix = " (CUDA)" if self.execution_provider == CUDA_EP else ""
+        return f"{self.model} / {self.runtime}{suffix}"
+
+
+@dataclass
+class Student:
+    """The model under test: distilled here, or uploaded for a benchmark-only job."""
+
+    model: torch.nn.Module
+    architecture: str
+    is_onnx: bool  # an uploaded ONNX file: timed as it is, nothing to export
+    file: Path | None  # the uploaded file; None for a distilled student (saved at export)
+
+
 class Job:
     def __init__(self, config: ServerConfig, store: Store, job_id: str) -> None:
         self.config, self.store, self.job_id = config, store, job_id
         self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
         self.workdir = config.tmp_dir / job_id
         self.checkpoint_path = config.checkpoints_dir / f"{job_id}.pt"
+        self.threads = config.threads_per_worker()
+        self.files: dict[str, Path] = {}  # artifact name -> file in the workdir
+        self.notes: list[str] = []  # for the report: what was skipped and why
 
     # ------------------------------------------------------------ events
 
@@ -164,6 +187,10 @@ class Job:
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)
 
+    def artifact(self, name: str) -> Path:
+        self.files[name] = self.workdir / name
+        return self.files[name]
+
     # ---------------------------------------------------------- pipeline
 
     def run(self) -> None:
@@ -174,83 +201,111 @@ class Job:
         device = plan.training.device
 
         self.stage("load_teacher")
-        model_row = self.store.get_model(plan.teacher_model_id)
-        if model_row is None:
-            raise FileNotFoundError(f"teacher model {plan.teacher_model_id} is gone from the store")
+        teacher_row = self.model_row(plan.teacher_model_id, "teacher")
         splits = plan.dataset.load() if plan.dataset else None
         input_shape = _input_shape(plan, splits)
-        teacher = model_formats.load_teacher(
-            model_row, self.blobs.path(model_row.sha256), input_shape, self.config.threads_per_worker()
-        )
+        teacher = model_formats.load_teacher(teacher_row, self.blobs.path(teacher_row.sha256), input_shape, self.threads)
         if splits and teacher.num_classes != len(splits.train.classes):
             raise ValueError(
                 f"the teacher has {teacher.num_classes} outputs but the dataset has {len(splits.train.classes)} classes"
             )
         teacher.model.to(device)
 
-        self.stage("build_student", plan.student_architecture)
-        torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included
-        student = models.build(plan.student_architecture, teacher.num_classes, input_shape[0])
-        resume = None
-        if self.checkpoint_path.exists():
-            resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
-        files = {name: self.workdir / name for name in ("student.pt", "student.onnx", "report.json", "report.md")}
-        data_free = None
-        if plan.data_free:
-            training, result = self.distil_without_data(plan, teacher, student, input_shape, resume)
+        training, data_free, generated = None, None, None
+        if plan.benchmark_only:
+            self.stage("build_student", "loading the uploaded student")
+            student = self.load_uploaded_student(plan.benchmark_only.student_model_id, input_shape, teacher.num_classes)
+            if not student.is_onnx:
+                student.model.to(device)
         else:
-            assert splits is not None
-            training = self.distil_with_data(plan, teacher, student, splits, resume)
+            self.stage("build_student", plan.student_architecture)
+            torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included
+            student = Student(
+                models.build(plan.student_architecture, teacher.num_classes, input_shape[0]),
+                plan.student_architecture,
+                is_onnx=False,
+                file=None,
+            )
+            resume = None
+            if self.checkpoint_path.exists():
+                resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+            if plan.data_free:
+                training, result = self.distil_without_data(plan, teacher, student.model, input_shape, resume)
+                data_free = self.inspect_generator(result, plan.data_free.config, teacher, student.model)
+                generated = result.generator
+            else:
+                assert splits is not None
+                training = self.distil_with_data(plan, teacher, student.model, splits, resume)
 
         self.stage("evaluate")
-        if plan.data_free:
-            data_free = self.inspect_generator(result, plan.data_free.config, teacher, student, files)
         if splits:
             inputs = EvalInputs(splits.val, splits.normalization)
-        else:  # no labelled data: fresh generated images stand in for parity and latency inputs
-            inputs = EvalInputs(result.generator.sample(PARITY_SAMPLES))
+        elif generated is not None:  # no labelled data: fresh generated images stand in for parity and latency
+            inputs = EvalInputs(generated.sample(PARITY_SAMPLES))
+        else:  # a benchmark-only job without data: latency on random inputs, no accuracy
+            inputs = EvalInputs(torch.randn(PARITY_SAMPLES, *input_shape, generator=torch.Generator().manual_seed(0)))
         teacher_logits = predict(teacher.model, inputs.batches(), device)
-        student_logits = predict(student, inputs.batches(), device)
-        training.val_samples = len(inputs) if inputs.labels is not None else 0
-        teacher_acc = inputs.score(teacher_logits, teacher_logits)
-        student_acc = inputs.score(student_logits, teacher_logits)
+        student_logits = predict(student.model, inputs.batches(), device)
+        if training is not None:
+            training.val_samples = len(inputs) if inputs.labels is not None else 0
 
         self.stage("export")
-        student.cpu().eval()
-        normalization = splits.normalization if splits else None
-        torch.save(
-            {
-                "architecture": plan.student_architecture,
-                "num_classes": teacher.num_classes,
-                "input_shape": list(input_shape),
-                "classes": splits.train.classes if splits else [str(c) for c in range(teacher.num_classes)],
-                # Empty without a dataset: the student takes the inputs the teacher took, normalised the same way.
-                "mean": normalization.mean if normalization else [],
-                "std": normalization.std if normalization else [],
-                "state_dict": student.state_dict(),
-            },
-            files["student.pt"],
-        )
-        parity_inputs = inputs.first(PARITY_SAMPLES)
-        exported = onnx_export.export_onnx(student, parity_inputs[:2], files["student.onnx"], plan.opset)
-        session = onnx_export.session(files["student.onnx"], num_threads=self.config.threads_per_worker())
-        parity = onnx_export.validate(session, student, parity_inputs, plan.parity_tolerance)
-        onnx_logits = torch.from_numpy(np.concatenate([onnx_export.run(session, x.numpy()) for x in inputs.batches()]))
-        onnx_acc = inputs.score(onnx_logits, teacher_logits)
+        student.model.cpu().eval()
+        variants = [
+            self.torch_variant("teacher", teacher.model, teacher_logits, teacher_row.size_bytes, input_shape, device,
+                               onnx=teacher.format == onnx_teacher.ONNX),
+        ]
+        if student.is_onnx:
+            assert student.file is not None
+            variants.append(self.torch_variant("student", student.model, student_logits, student.file.stat().st_size,
+                                               input_shape, "cpu", onnx=True))
+            export = None
+        else:
+            if student.file is None:
+                self.save_student(plan, student.model, teacher.num_classes, input_shape, splits)
+            student.model.to(device)
+            size = (student.file or self.files["student.pt"]).stat().st_size
+            variants.append(self.torch_variant("student", student.model, student_logits, size, input_shape, device))
+            export = self.export(plan, student, inputs, variants)  # exports from the CPU
+            student.model.to(device)
 
         self.stage("benchmark")
-        latency = self.benchmark(plan.benchmark, teacher, student, files["student.onnx"], inputs, device)
+        latency = self.benchmark(plan.benchmark, variants, inputs)
 
         self.stage("report")
-        measured = Measured(teacher_acc, student_acc, onnx_acc, training, exported, parity, latency, files, data_free)
-        report = self.build_report(plan, model_row, teacher, student, input_shape, measured)
-        files["report.json"].write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
-        files["report.md"].write_text(report_format.to_markdown(report))
-        for name, path in files.items():
+        report = self.build_report(plan, teacher, student, input_shape, variants, inputs, latency)
+        if training is not None:
+            report.training.CopyFrom(training)
+        if export is not None:
+            report.export.CopyFrom(export)
+        if data_free is not None:
+            report.data_free.CopyFrom(data_free)
+        report_format.finish(report)
+        self.artifact("report.json").write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
+        self.artifact("report.md").write_text(report_format.to_markdown(report))
+        self.artifact("report.html").write_text(report_html.to_html(report))
+        for name, path in self.files.items():
             sha, size = self.blobs.put_file(path)
             self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
         self.checkpoint_path.unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def model_row(self, model_id: str, role: str) -> pb.Model:
+        row = self.store.get_model(model_id)
+        if row is None:
+            raise FileNotFoundError(f"{role} model {model_id} is gone from the store")
+        return row
+
+    def load_uploaded_student(self, model_id: str, input_shape: tuple[int, int, int], num_classes: int) -> Student:
+        row = self.model_row(model_id, "student")
+        path = self.blobs.path(row.sha256)
+        try:
+            loaded = model_formats.load_teacher(row, path, input_shape, self.threads)
+        except ModelFileError as e:  # the loader speaks of teachers; here the file is the student
+            raise ModelFileError(f"the student model {model_id}: {e}") from e
+        if loaded.num_classes != num_classes:
+            raise ValueError(f"the student has {loaded.num_classes} outputs but the teacher has {num_classes}")
+        return Student(loaded.model, row.architecture or loaded.architecture, row.format == pb.MODEL_FORMAT_ONNX, path)
 
     def distil_with_data(
         self, plan: specs.JobPlan, teacher: Teacher, student: torch.nn.Module, splits: Splits, resume: dict[str, Any] | None
@@ -319,18 +374,12 @@ class Job:
         return summary, trained
 
     def inspect_generator(
-        self,
-        result: DataFreeResult,
-        config: DataFreeConfig,
-        teacher: Teacher,
-        student: torch.nn.Module,
-        files: dict[str, Path],
+        self, result: DataFreeResult, config: DataFreeConfig, teacher: Teacher, student: torch.nn.Module
     ) -> pb.DataFreeSummary:
         """Sample the trained generator for people (a grid, the class histogram) and keep it for calibration."""
         check = check_generator(result.generator, teacher.model, student)
-        files["samples.png"], files["generator.pt"] = self.workdir / "samples.png", self.workdir / "generator.pt"
-        save_image(check.grid, files["samples.png"])
-        torch.save(result.generator.cpu().to_checkpoint(), files["generator.pt"])
+        save_image(check.grid, self.artifact("samples.png"))
+        torch.save(result.generator.cpu().to_checkpoint(), self.artifact("generator.pt"))
         return pb.DataFreeSummary(
             method=result.method,
             iterations=config.iterations,
@@ -342,126 +391,201 @@ class Job:
             samples_artifact="samples.png",
         )
 
-    def benchmark(
+    def save_student(
         self,
-        plan: specs.BenchmarkPlan,
-        teacher: Teacher,
+        plan: specs.JobPlan,
         student: torch.nn.Module,
-        onnx_path: Path,
-        inputs: EvalInputs,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        splits: Splits | None,
+    ) -> None:
+        normalization = splits.normalization if splits else None
+        torch.save(
+            {
+                "architecture": plan.student_architecture,
+                "num_classes": num_classes,
+                "input_shape": list(input_shape),
+                "classes": splits.train.classes if splits else [str(c) for c in range(num_classes)],
+                # Empty without a dataset: the student takes the inputs the teacher took, normalised the same way.
+                "mean": normalization.mean if normalization else [],
+                "std": normalization.std if normalization else [],
+                "state_dict": student.state_dict(),
+            },
+            self.artifact("student.pt"),
+        )
+
+    def export(
+        self, plan: specs.JobPlan, student: Student, inputs: EvalInputs, variants: list[Variant]
+    ) -> pb.ExportSummary | None:
+        """student.onnx, checked against PyTorch; adds its onnxruntime variants (CPU, and CUDA when present).
+
+        A distilled student must export. An uploaded PyTorch student that will
+        not is still benchmarked in PyTorch; the report's notes say why not in onnxruntime.
+        """
+        parity_inputs = inputs.first(PARITY_SAMPLES)
+        path = self.artifact("student.onnx")
+        try:
+            exported = onnx_export.export_onnx(student.model, parity_inputs[:2], path, plan.opset)
+            session = onnx_export.session(path, num_threads=self.threads)
+            parity = onnx_export.validate(session, student.model, parity_inputs, plan.parity_tolerance)
+        except (onnx_export.ExportError, onnx_export.ParityError) as e:
+            if not plan.benchmark_only:
+                raise
+            self.files.pop("student.onnx")
+            self.notes.append(f"the uploaded student was not measured in onnxruntime: {e}")
+            return None
+        run = onnx_export.runner(session)
+        logits = torch.from_numpy(np.concatenate([run(x.numpy()) for x in inputs.batches()]))
+        size, params = path.stat().st_size, variants[-1].parameters
+        providers = [CPU_EP] + ([CUDA_EP] if CUDA_EP in onnxruntime.get_available_providers() else [])
+        for provider in providers:
+            runner = Runner(
+                open=lambda provider=provider: onnx_export.runner(onnx_export.session(path, self.threads, [provider])),
+                prepare=lambda batch: batch.numpy(),
+            )
+            device = "cuda" if provider == CUDA_EP else "cpu"
+            variants.append(Variant("student", "onnxruntime", runner, logits, size, params, variants[-1].macs, device, provider))
+        return pb.ExportSummary(
+            opset=exported.opset,
+            exporter=exported.exporter,
+            parity_max_abs_diff=parity.max_abs_diff,
+            parity_tolerance=parity.tolerance,
+            parity_samples=parity.samples,
+        )
+
+    def torch_variant(
+        self,
+        role: str,
+        model: torch.nn.Module,
+        logits: torch.Tensor,
+        file_size: int,
+        shape: tuple[int, int, int],
         device: str,
+        onnx: bool = False,
+    ) -> Variant:
+        """A model as loaded: PyTorch, or an uploaded ONNX file run by onnxruntime behind a module."""
+        if onnx:
+            parameters, macs, device = onnx_teacher.parameter_count(model), 0, "cpu"
+        else:
+            parameters, macs = count_parameters(model), _macs(model, shape, device)
+        runner = Runner(
+            open=lambda: torch_runner(model),
+            prepare=lambda batch: batch.to(device),
+            on_cuda=device.startswith("cuda"),
+        )
+        return Variant(role, "onnxruntime" if onnx else "pytorch", runner, logits, file_size, parameters, macs, device,
+                       CPU_EP if onnx else "")
+
+    def benchmark(
+        self, plan: specs.BenchmarkPlan, variants: list[Variant], inputs: EvalInputs
     ) -> dict[str, list[LatencyStats]]:
-        """p50/p90/p99 latency of each variant at each batch size, on real inputs."""
-        threads = plan.num_threads or self.config.threads_per_worker()
+        """Latency of every variant at every batch size, on real inputs, with the same threads."""
+        threads = plan.num_threads or self.threads
         torch.set_num_threads(threads)
-        session = onnx_export.session(onnx_path, num_threads=threads)
-        student.to(device)
-        sync = torch.cuda.synchronize if device.startswith("cuda") else None
-        runners = {
-            f"teacher/{_runtime(teacher)}": (torch_runner(teacher.model), True),
-            "student/pytorch": (torch_runner(student), True),
-            "student/onnxruntime": (lambda x: onnx_export.run(session, x), False),
-        }
-        results: dict[str, list[LatencyStats]] = {name: [] for name in runners}
-        for batch_size in plan.batch_sizes:
-            batch = inputs.take(torch.arange(batch_size) % len(inputs))
-            for name, (fn, is_torch) in runners.items():
-                x = batch.to(device) if is_torch else batch.numpy()
-                results[name].append(
-                    measure_latency(
-                        fn,
-                        x,
-                        batch_size,
-                        warmup_runs=plan.warmup_runs,
-                        min_runs=plan.min_runs,
-                        min_seconds=plan.min_seconds,
-                        synchronize=sync if is_torch else None,
-                    )
-                )
-        student.cpu()
-        return results
+        self.threads = threads  # onnxruntime sessions opened from here on use the same count
+        timing = TimingPlan(plan.batch_sizes, plan.warmup_runs, plan.min_runs, plan.min_seconds)
+        return measure_runners(
+            {v.name: v.runner for v in variants},
+            lambda batch_size: inputs.take(torch.arange(batch_size) % len(inputs)),
+            timing,
+            on_skip=lambda name, batch_size, why: self.notes.append(f"{name} skipped batch {batch_size} and larger: {why}"),
+        )
 
     def build_report(
         self,
         plan: specs.JobPlan,
-        model_row: pb.Model,
         teacher: Teacher,
-        student: torch.nn.Module,
+        student: Student,
         shape: tuple[int, int, int],
-        m: Measured,
+        variants: list[Variant],
+        inputs: EvalInputs,
+        latency: dict[str, list[LatencyStats]],
     ) -> pb.Report:
+        """The measurements as a Report; ``report.finish`` adds what is derived from them."""
+        teacher_card = next(v for v in variants if v.model == "teacher")
+        student_card = next(v for v in variants if v.model == "student")
         report = pb.Report(
             job_id=self.job_id,
-            teacher=_model_card(teacher.architecture, teacher.model.cpu(), teacher.num_classes, shape),
-            student=_model_card(plan.student_architecture, student, teacher.num_classes, shape),
-            training=m.training,
-            export=pb.ExportSummary(
-                opset=m.export.opset,
-                exporter=m.export.exporter,
-                parity_max_abs_diff=m.parity.max_abs_diff,
-                parity_tolerance=m.parity.tolerance,
-                parity_samples=m.parity.samples,
+            kind=pb.JOB_KIND_BENCHMARK_ONLY if plan.benchmark_only else pb.JOB_KIND_DISTILLATION,
+            teacher=pb.ModelCard(
+                architecture=teacher.architecture,
+                parameters=teacher_card.parameters,
+                macs=teacher_card.macs,
+                num_classes=teacher.num_classes,
+                input_shape=shape,
+            ),
+            student=pb.ModelCard(
+                architecture=student.architecture,
+                parameters=student_card.parameters,
+                macs=student_card.macs,
+                num_classes=teacher.num_classes,
+                input_shape=shape,
             ),
             environment=_environment(torch.get_num_threads()),
-            data_free=m.data_free,
+            notes=self.notes,
         )
         report.create_time.GetCurrentTime()
-        variants = [
-            ("teacher", _runtime(teacher), m.teacher_accuracy, model_row.size_bytes),
-            ("student", "pytorch", m.student_accuracy, m.files["student.pt"].stat().st_size),
-            ("student", "onnxruntime", m.onnx_accuracy, m.files["student.onnx"].stat().st_size),
-        ]
-        for model, runtime, acc, size in variants:
-            v = report.variants.add(
-                name=f"{model} / {runtime}", model=model, runtime=runtime, precision="fp32", file_size_bytes=size
+        for v in variants:
+            row = report.variants.add(
+                name=v.name,
+                model=v.model,
+                runtime=v.runtime,
+                precision="fp32",
+                file_size_bytes=v.file_size,
+                parameters=v.parameters,
+                macs=v.macs,
+                device=v.device,
+                execution_provider=v.execution_provider,
             )
-            if acc is not None:
-                v.accuracy.CopyFrom(pb.Accuracy(samples=acc.samples, top1=acc.top1, agreement_with_teacher=acc.agreement or 0.0))
-                if acc.top5 is not None:
-                    v.accuracy.top5 = acc.top5
-            for stats in m.latency[f"{model}/{runtime}"]:
-                v.latency.add(
+            measured = inputs.score(v.logits, teacher_card.logits)
+            if measured is not None:
+                row.accuracy.CopyFrom(
+                    pb.Accuracy(samples=measured.samples, top1=measured.top1, agreement_with_teacher=measured.agreement or 0.0)
+                )
+                if measured.top5 is not None:
+                    row.accuracy.top5 = measured.top5
+            for stats in latency[v.name]:
+                row.latency.add(
                     batch_size=stats.batch_size,
                     runs=stats.runs,
                     p50_ms=stats.p50_ms,
                     p90_ms=stats.p90_ms,
+                    p95_ms=stats.p95_ms,
                     p99_ms=stats.p99_ms,
                     mean_ms=stats.mean_ms,
                     stdev_ms=stats.stdev_ms,
                     throughput_per_s=stats.throughput_per_s,
+                    peak_memory_bytes=stats.peak_memory_bytes,
                 )
-        report.summary = report_format.summary(report)
+        if inputs.labels is not None:
+            names = inputs.val.classes if isinstance(inputs.val, ImageData) else []
+            teacher_classes = per_class_top1(teacher_card.logits, inputs.labels, teacher.num_classes)
+            student_classes = per_class_top1(student_card.logits, inputs.labels, teacher.num_classes)
+            for c, ((samples, teacher_top1), (_, student_top1)) in enumerate(zip(teacher_classes, student_classes)):
+                name = names[c] if c < len(names) else str(c)
+                report.per_class.add(name=name, samples=samples, teacher_top1=teacher_top1, student_top1=student_top1)
         return report
 
 
 def _input_shape(plan: specs.JobPlan, splits: Splits | None) -> tuple[int, int, int]:
-    """The teacher's input: the data-free spec's, else the dataset's; both must agree when both exist."""
-    given = plan.data_free.input_shape if plan.data_free else None
+    """The teacher's input: the spec's (data-free, benchmark-only), else the dataset's; both must agree when both exist."""
+    source = plan.data_free or plan.benchmark_only
+    given = source.input_shape if source else None
     if splits is None:
         assert given is not None  # specs.plan requires one of them
         return given
     if given is not None and given != splits.train.input_shape:
-        raise ValueError(f"data_free.input_shape {given} differs from the dataset's images {splits.train.input_shape}")
+        field_name = "data_free" if plan.data_free else "benchmark_only"
+        raise ValueError(f"{field_name}.input_shape {given} differs from the dataset's images {splits.train.input_shape}")
     return splits.train.input_shape
 
 
-def _runtime(teacher: Teacher) -> str:
-    return "onnxruntime" if teacher.format == onnx_teacher.ONNX else "pytorch"
-
-
-def _model_card(architecture: str, model: torch.nn.Module, num_classes: int, shape: tuple[int, int, int]) -> pb.ModelCard:
+def _macs(model: torch.nn.Module, shape: tuple[int, int, int], device: str) -> int:
     try:
-        macs = count_macs(model, shape)
-    except Exception:  # an opaque teacher may not run under the flop counter
-        log.warning("could not count MACs of %s", architecture, exc_info=True)
-        macs = 0
-    return pb.ModelCard(
-        architecture=architecture,
-        parameters=count_parameters(model),
-        macs=macs,
-        num_classes=num_classes,
-        input_shape=shape,
-    )
+        return count_macs(model, shape, device)
+    except Exception:  # an opaque model may not run under the flop counter
+        log.warning("could not count MACs", exc_info=True)
+        return 0
 
 
 def _environment(threads: int) -> pb.Environment:
@@ -482,4 +606,6 @@ def _environment(threads: int) -> pb.Environment:
         onnxruntime_version=onnxruntime.__version__,
         onnx_version=onnx.__version__,
         execution_providers=onnxruntime.get_available_providers(),
+        python_version=platform.python_version(),
+        platform=platform.platform(terse=True),
     )

@@ -32,6 +32,9 @@ def test_upload_submit_wait_report(server, teacher_file: Path, tmp_path: Path, c
     assert cli.main([*address, "report", job_id, "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["training"]["method"] == "kd(T=3, alpha=0.5)"
+    assert cli.main([*address, "report", job_id, "--format", "html", "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and report["summary"] in page
 
     assert cli.main([*address, "list", "--state", "succeeded"]) == 0
     assert job_id in capsys.readouterr().out
@@ -55,3 +58,10 @@ def test_data_free_flags_build_the_spec() -> None:
     assert not spec.HasField("dataset")
     with pytest.raises(SystemExit, match="C,H,W"):
         cli.build_spec(cli.parser().parse_args(["submit", "--input-shape", "28x28"]))
+
+
+def test_benchmark_only_flags_build_the_spec() -> None:
+    args = cli.parser().parse_args(["submit", "--teacher", "m-1", "--benchmark-only", "m-2", "--input-shape", "3,32,32"])
+    spec = cli.build_spec(args)
+    assert spec.benchmark_only.student_model_id == "m-2" and spec.benchmark_only.input_shape.channels == 3
+    assert not spec.HasField("data_free") and not spec.HasField("student")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -63,13 +64,25 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     # Float noise may flip an argmax on a borderline sample or two of the 200.
     assert abs(student_onnx.accuracy.top1 - student.accuracy.top1) <= 1.0
     assert [lat.batch_size for lat in student_onnx.latency] == [1, 8]
-    assert all(lat.p50_ms > 0 and lat.p99_ms >= lat.p50_ms for v in report.variants for lat in v.latency)
+    for lat in (lat for v in report.variants for lat in v.latency):
+        assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms
+        assert lat.HasField("peak_memory_bytes") == sys.platform.startswith("linux")
+        assert lat.speedup_vs_teacher == pytest.approx(teacher.latency[0].p50_ms / lat.p50_ms
+                                                       if lat.batch_size == 1 else teacher.latency[1].p50_ms / lat.p50_ms)
     assert report.student.parameters < report.teacher.parameters and report.student.macs > 0
+    assert student_onnx.parameters == student.parameters and student_onnx.execution_provider == "CPUExecutionProvider"
+    assert student.top1_delta_vs_teacher == pytest.approx(student.accuracy.top1 - teacher.accuracy.top1)
     assert report.export.parity_max_abs_diff <= 1e-4
     assert report.summary.startswith("student is ")
+    assert report.student_lowest_latency.batch_size == 1
+    assert report.student_lowest_latency.variant in {"student / pytorch", "student / onnxruntime"}
+    # Per class: every validation sample counted once, and the class names are the dataset's.
+    assert sum(c.samples for c in report.per_class) == teacher.accuracy.samples
+    assert [c.name for c in report.per_class] == data.generated_splits(**TINY_DATA)[1].classes
+    assert report.kind == pb.JOB_KIND_DISTILLATION and report.environment.python_version
 
     # Artifacts: the ONNX file runs in onnxruntime and matches the downloaded PyTorch student.
-    assert {a.name for a in job.artifacts} == {"student.onnx", "student.pt", "report.json", "report.md"}
+    assert {a.name for a in job.artifacts} == {"student.onnx", "student.pt", "report.json", "report.md", "report.html"}
     onnx_path = client.download(job.id, "student.onnx", tmp_path)
     saved = torch.load(client.download(job.id, "student.pt", tmp_path), weights_only=True)
     model = models.build(saved["architecture"], saved["num_classes"], saved["input_shape"][0])
@@ -84,6 +97,8 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     report_json = client.download(job.id, "report.json", tmp_path).read_text()
     assert json_format.Parse(report_json, pb.Report()) == report
     assert "| student / onnxruntime |" in client.download(job.id, "report.md", tmp_path).read_text()
+    page = client.download(job.id, "report.html", tmp_path).read_text()
+    assert report.summary in page and page.count("<svg") == 2
 
 
 def test_create_job_is_idempotent_on_request_id(finished_job, client: Client, teacher_model: pb.Model) -> None:
@@ -297,7 +312,7 @@ def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp
     job = client.wait(client.create_job(data_free_spec(teacher_model.id)).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     assert {a.name for a in job.artifacts} == {
-        "student.onnx", "student.pt", "report.json", "report.md", "samples.png", "generator.pt"
+        "student.onnx", "student.pt", "report.json", "report.md", "report.html", "samples.png", "generator.pt"
     }
     report = client.report(job.id)
     # Nothing labelled to score on: no accuracy anywhere, and the report says so.
@@ -332,3 +347,53 @@ def test_data_free_job_evaluates_on_validation_data_only(client: Client, teacher
     spec.data_free.input_shape.channels = 3  # disagrees with the dataset's images
     job = client.wait(client.create_job(spec).id)
     assert job.state == pb.JOB_STATE_FAILED and "differs from the dataset" in job.error.message
+
+
+def test_benchmark_only_compares_a_model_with_its_own_onnx(
+    client: Client, teacher_model: pb.Model, tiny_teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    from exporters import onnx_export
+
+    path = onnx_export.export_onnx(tiny_teacher, torch.randn(2, 1, 28, 28), tmp_path / "teacher.onnx").path
+    onnx_model = client.upload(path, name="the teacher, as ONNX")
+    spec = pb.JobSpec(
+        teacher_model_id=teacher_model.id,
+        benchmark_only=pb.BenchmarkOnlySpec(student_model_id=onnx_model.id),
+        dataset=pb.DatasetSpec(generated=pb.GeneratedDataset(**TINY_DATA)),
+        benchmark=pb.BenchmarkSpec(batch_sizes=[1, 4], warmup_runs=2, min_runs=5, min_seconds=0.05),
+        device=pb.DEVICE_CPU,
+    )
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    assert {a.name for a in job.artifacts} == {"report.json", "report.md", "report.html"}  # nothing was made
+    report = client.report(job.id)
+    assert report.kind == pb.JOB_KIND_BENCHMARK_ONLY and not report.HasField("training")
+    teacher, student = report.variants
+    assert (teacher.name, student.name) == ("teacher / pytorch", "student / onnxruntime")
+    # The same weights in two runtimes: the same answers, the same parameter count.
+    assert student.accuracy.agreement_with_teacher >= 99.5 and abs(student.top1_delta_vs_teacher) <= 0.5
+    assert student.parameters == teacher.parameters and student.file_size_bytes == onnx_model.size_bytes
+    assert [lat.batch_size for lat in student.latency] == [1, 4] and report.per_class
+    assert "Benchmark only" in client.download(job.id, "report.md", tmp_path).read_text()
+
+
+def test_benchmark_only_without_data_times_random_inputs(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
+    student = torch.jit.script(models.build("lenet5_half", 4, 1).eval())
+    torch.jit.save(student, tmp_path / "student.ts")
+    uploaded = client.upload(tmp_path / "student.ts", name="a student made elsewhere")
+    spec = pb.JobSpec(
+        teacher_model_id=teacher_model.id,
+        benchmark_only=pb.BenchmarkOnlySpec(student_model_id="m-missing", input_shape=pb.InputShape(channels=1, height=28, width=28)),
+        benchmark=pb.BenchmarkSpec(batch_sizes=[2], warmup_runs=1, min_runs=3, min_seconds=0.01),
+        device=pb.DEVICE_CPU,
+    )
+    assert rpc_error(client.create_job, spec).code() == grpc.StatusCode.NOT_FOUND
+    spec.benchmark_only.student_model_id = uploaded.id
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    report = client.report(job.id)
+    assert [v.name for v in report.variants] == ["teacher / pytorch", "student / pytorch", "student / onnxruntime"]
+    assert not any(v.HasField("accuracy") for v in report.variants) and not report.per_class
+    assert report.summary.endswith("accuracy not measured (no labelled data)")
+    assert report.student.parameters < report.teacher.parameters
+    assert "student.onnx" in {a.name for a in job.artifacts}

@@ -54,7 +54,7 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
     )
     plan = specs.plan(spec, (tmp_path,), cuda_available=True)
     assert plan.training.epochs == 10 and plan.training.lr == 0.05 and plan.training.device == "cuda"
-    assert plan.benchmark.batch_sizes == (1, 32) and plan.opset == 18 and plan.parity_tolerance == pytest.approx(1e-4)
+    assert plan.benchmark.batch_sizes == (1, 8, 32, 128) and plan.opset == 18 and plan.parity_tolerance == pytest.approx(1e-4)
     assert plan.dataset.generated["train_size"] == 6000
 
 
@@ -80,6 +80,37 @@ def test_out_of_range_fields_are_named(tmp_path: Path, mutate, message: str) -> 
         teacher_model_id="m-x",
         student=pb.StudentSpec(architecture="lenet5_half"),
         dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+    )
+    mutate(spec)
+    with pytest.raises(InvalidArgument, match=message):
+        specs.plan(spec, (tmp_path,), cuda_available=False)
+
+
+def test_benchmark_only_needs_no_student_architecture_and_no_dataset(tmp_path: Path) -> None:
+    spec = pb.JobSpec(
+        teacher_model_id="m-x",
+        benchmark_only=pb.BenchmarkOnlySpec(student_model_id="m-y", input_shape=pb.InputShape(channels=3, height=32, width=32)),
+    )
+    plan = specs.plan(spec, (tmp_path,), cuda_available=False)
+    assert plan.benchmark_only == specs.BenchmarkOnlyPlan("m-y", (3, 32, 32))
+    assert plan.dataset is None and plan.student_architecture == ""
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s.benchmark_only.__setattr__("student_model_id", ""), "student_model_id is required"),
+        (lambda s: s.student.__setattr__("architecture", "lenet5_half"), "leave student unset"),
+        (lambda s: s.losses.add(kd=pb.KnowledgeDistillation()), "leave losses unset"),
+        (lambda s: s.training.__setattr__("epochs", 3), "leave training unset"),
+        (lambda s: s.benchmark_only.ClearField("input_shape"), "input_shape is required"),
+        (lambda s: s.benchmark_only.input_shape.__setattr__("channels", 2), "input_shape.channels"),
+    ],
+)
+def test_bad_benchmark_only_specs_are_named(tmp_path: Path, mutate, message: str) -> None:
+    spec = pb.JobSpec(
+        teacher_model_id="m-x",
+        benchmark_only=pb.BenchmarkOnlySpec(student_model_id="m-y", input_shape=pb.InputShape(channels=1, height=28, width=28)),
     )
     mutate(spec)
     with pytest.raises(InvalidArgument, match=message):

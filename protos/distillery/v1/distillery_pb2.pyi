@@ -50,6 +50,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+
+class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
+    JOB_KIND_DISTILLATION: _ClassVar[JobKind]
+    JOB_KIND_BENCHMARK_ONLY: _ClassVar[JobKind]
 MODEL_FORMAT_UNSPECIFIED: ModelFormat
 MODEL_FORMAT_TORCHSCRIPT: ModelFormat
 MODEL_FORMAT_EXPORTED_PROGRAM: ModelFormat
@@ -73,6 +79,9 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+JOB_KIND_UNSPECIFIED: JobKind
+JOB_KIND_DISTILLATION: JobKind
+JOB_KIND_BENCHMARK_ONLY: JobKind
 
 class UploadModelHeader(_message.Message):
     __slots__ = ("name", "format", "architecture", "sha256", "size_bytes")
@@ -133,7 +142,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name", "data_free")
+    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name", "data_free", "benchmark_only")
     TEACHER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +153,7 @@ class JobSpec(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FREE_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_ONLY_FIELD_NUMBER: _ClassVar[int]
     teacher_model_id: str
     student: StudentSpec
     dataset: DatasetSpec
@@ -154,7 +164,16 @@ class JobSpec(_message.Message):
     device: Device
     display_name: str
     data_free: DataFreeSpec
-    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ...) -> None: ...
+    benchmark_only: BenchmarkOnlySpec
+    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ..., benchmark_only: _Optional[_Union[BenchmarkOnlySpec, _Mapping]] = ...) -> None: ...
+
+class BenchmarkOnlySpec(_message.Message):
+    __slots__ = ("student_model_id", "input_shape")
+    STUDENT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    student_model_id: str
+    input_shape: InputShape
+    def __init__(self, student_model_id: _Optional[str] = ..., input_shape: _Optional[_Union[InputShape, _Mapping]] = ...) -> None: ...
 
 class DataFreeSpec(_message.Message):
     __slots__ = ("method", "input_shape", "iterations", "student_steps", "batch_size", "student_learning_rate", "generator_learning_rate", "generator_width", "adversarial_weight", "balance_weight", "bn_weight", "confidence_weight")
@@ -518,7 +537,7 @@ class WatchJobResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free")
+    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free", "per_class", "student_lowest_latency", "student_highest_throughput", "notes", "kind")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -529,6 +548,11 @@ class Report(_message.Message):
     EXPORT_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     DATA_FREE_FIELD_NUMBER: _ClassVar[int]
+    PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_LOWEST_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_HIGHEST_THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     create_time: _timestamp_pb2.Timestamp
     summary: str
@@ -539,7 +563,38 @@ class Report(_message.Message):
     export: ExportSummary
     environment: Environment
     data_free: DataFreeSummary
-    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ...) -> None: ...
+    per_class: _containers.RepeatedCompositeFieldContainer[ClassAccuracy]
+    student_lowest_latency: LatencyPick
+    student_highest_throughput: LatencyPick
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    kind: JobKind
+    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ...) -> None: ...
+
+class ClassAccuracy(_message.Message):
+    __slots__ = ("name", "samples", "teacher_top1", "student_top1")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_TOP1_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_TOP1_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    samples: int
+    teacher_top1: float
+    student_top1: float
+    def __init__(self, name: _Optional[str] = ..., samples: _Optional[int] = ..., teacher_top1: _Optional[float] = ..., student_top1: _Optional[float] = ...) -> None: ...
+
+class LatencyPick(_message.Message):
+    __slots__ = ("variant", "runtime", "batch_size", "p50_ms", "throughput_per_s")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    runtime: str
+    batch_size: int
+    p50_ms: float
+    throughput_per_s: float
+    def __init__(self, variant: _Optional[str] = ..., runtime: _Optional[str] = ..., batch_size: _Optional[int] = ..., p50_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ...) -> None: ...
 
 class DataFreeSummary(_message.Message):
     __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact")
@@ -576,7 +631,7 @@ class ModelCard(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Variant(_message.Message):
-    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency")
+    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency", "parameters", "macs", "top1_delta_vs_teacher", "device", "execution_provider")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -584,6 +639,11 @@ class Variant(_message.Message):
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MACS_FIELD_NUMBER: _ClassVar[int]
+    TOP1_DELTA_VS_TEACHER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     runtime: str
@@ -591,7 +651,12 @@ class Variant(_message.Message):
     accuracy: Accuracy
     file_size_bytes: int
     latency: _containers.RepeatedCompositeFieldContainer[Latency]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ...) -> None: ...
+    parameters: int
+    macs: int
+    top1_delta_vs_teacher: float
+    device: str
+    execution_provider: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., top1_delta_vs_teacher: _Optional[float] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ...) -> None: ...
 
 class Accuracy(_message.Message):
     __slots__ = ("samples", "top1", "top5", "agreement_with_teacher")
@@ -606,7 +671,7 @@ class Accuracy(_message.Message):
     def __init__(self, samples: _Optional[int] = ..., top1: _Optional[float] = ..., top5: _Optional[float] = ..., agreement_with_teacher: _Optional[float] = ...) -> None: ...
 
 class Latency(_message.Message):
-    __slots__ = ("batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "throughput_per_s")
+    __slots__ = ("batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "throughput_per_s", "p95_ms", "peak_memory_bytes", "speedup_vs_teacher")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     P50_MS_FIELD_NUMBER: _ClassVar[int]
@@ -615,6 +680,9 @@ class Latency(_message.Message):
     MEAN_MS_FIELD_NUMBER: _ClassVar[int]
     STDEV_MS_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_VS_TEACHER_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     runs: int
     p50_ms: float
@@ -623,7 +691,10 @@ class Latency(_message.Message):
     mean_ms: float
     stdev_ms: float
     throughput_per_s: float
-    def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ...) -> None: ...
+    p95_ms: float
+    peak_memory_bytes: int
+    speedup_vs_teacher: float
+    def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., p95_ms: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., speedup_vs_teacher: _Optional[float] = ...) -> None: ...
 
 class TrainingSummary(_message.Message):
     __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples")
@@ -660,7 +731,7 @@ class ExportSummary(_message.Message):
     def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ...) -> None: ...
 
 class Environment(_message.Message):
-    __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers")
+    __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers", "python_version", "platform")
     CPU_FIELD_NUMBER: _ClassVar[int]
     CPU_CORES_FIELD_NUMBER: _ClassVar[int]
     NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
@@ -669,6 +740,8 @@ class Environment(_message.Message):
     ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
     ONNX_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
     cpu: str
     cpu_cores: int
     num_threads: int
@@ -677,7 +750,9 @@ class Environment(_message.Message):
     onnxruntime_version: str
     onnx_version: str
     execution_providers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., num_threads: _Optional[int] = ..., gpu: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., onnx_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
+    python_version: str
+    platform: str
+    def __init__(self, cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., num_threads: _Optional[int] = ..., gpu: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., onnx_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
 
 class GetReportRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -1,0 +1,88 @@
+"""What the report derives from its measurements, and how it renders (Markdown, HTML)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from protos.distillery.v1 import distillery_pb2 as pb
+from service import report as report_format
+from service.report_html import to_html
+
+
+def _latency(batch_size: int, p50_ms: float) -> pb.Latency:
+    return pb.Latency(
+        batch_size=batch_size, runs=30, p50_ms=p50_ms, p90_ms=p50_ms * 1.1, p95_ms=p50_ms * 1.2, p99_ms=p50_ms * 1.5,
+        mean_ms=p50_ms, stdev_ms=0.01, throughput_per_s=1000 * batch_size / p50_ms, peak_memory_bytes=2**20,
+    )
+
+
+def _variant(model: str, runtime: str, top1: float, p50s: dict[int, float]) -> pb.Variant:
+    return pb.Variant(
+        name=f"{model} / {runtime}", model=model, runtime=runtime, precision="fp32", file_size_bytes=2**20,
+        parameters=1000, macs=10_000, accuracy=pb.Accuracy(samples=200, top1=top1, top5=99.0, agreement_with_teacher=97.0),
+        latency=[_latency(b, ms) for b, ms in p50s.items()],
+    )
+
+
+@pytest.fixture
+def report() -> pb.Report:
+    return report_format.finish(
+        pb.Report(
+            job_id="j-1",
+            kind=pb.JOB_KIND_DISTILLATION,
+            teacher=pb.ModelCard(architecture="lenet5", input_shape=[1, 28, 28]),
+            student=pb.ModelCard(architecture="lenet5_half", input_shape=[1, 28, 28]),
+            variants=[
+                _variant("teacher", "pytorch", 99.0, {1: 4.0, 32: 40.0}),
+                _variant("student", "pytorch", 98.5, {1: 2.0, 32: 16.0}),
+                _variant("student", "onnxruntime", 98.5, {1: 0.5, 32: 8.0}),
+            ],
+            per_class=[
+                pb.ClassAccuracy(name="circle", samples=100, teacher_top1=99.0, student_top1=97.0),
+                pb.ClassAccuracy(name="square", samples=100, teacher_top1=99.0, student_top1=100.0),
+            ],
+            notes=["student / pytorch skipped batch 128 and larger: out of memory"],
+        )
+    )
+
+
+def test_speedups_deltas_and_picks_are_computed_once(report: pb.Report) -> None:
+    teacher, student, onnx = report.variants
+    assert [lat.speedup_vs_teacher for lat in onnx.latency] == [pytest.approx(8.0), pytest.approx(5.0)]
+    assert teacher.latency[0].speedup_vs_teacher == pytest.approx(1.0)
+    assert student.top1_delta_vs_teacher == pytest.approx(-0.5)
+    low, high = report.student_lowest_latency, report.student_highest_throughput
+    assert (low.variant, low.batch_size, low.p50_ms) == ("student / onnxruntime", 1, 0.5)
+    assert (high.variant, high.batch_size) == ("student / onnxruntime", 32)
+    assert report.summary == "student is 8.0x faster at batch 1 (student / onnxruntime), 0.50 points less accurate (top-1)"
+
+
+def test_markdown_has_every_table(report: pb.Report) -> None:
+    md = report_format.to_markdown(report)
+    assert "| student / onnxruntime | 98.50 | -0.50 |" in md
+    assert "0.500 (8.0x)" in md
+    assert "| circle | 100 | 99.00 | 97.00 | -2.00 |" in md
+    assert "Lowest student latency: student / onnxruntime at batch 1" in md
+    assert "out of memory" in md
+
+
+def test_html_is_self_contained_with_two_plots_and_the_tables(report: pb.Report) -> None:
+    page = to_html(report)
+    assert page.count("<svg") == 2 and "<script" not in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page), "the page must not fetch anything"
+    assert report.summary in page
+    assert page.count("<table>") == 3  # side by side, latency detail, per class
+    assert '<tr class="worse"><td>circle</td>' in page
+    assert to_html(report) == page  # the same report renders to the same bytes
+
+
+def test_without_labels_there_is_no_accuracy_plot_and_the_summary_says_so(report: pb.Report) -> None:
+    for v in report.variants:
+        v.ClearField("accuracy")
+        v.ClearField("top1_delta_vs_teacher")
+    del report.per_class[:]
+    report_format.finish(report)
+    assert report.summary.endswith("accuracy not measured (no labelled data)")
+    assert to_html(report).count("<svg") == 1
