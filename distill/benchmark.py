@@ -4,10 +4,12 @@ The harness is runtime-agnostic: a PyTorch model and an onnxruntime session
 are both just ``fn(batch)``, so they are measured the same way. Each
 measurement warms up, then times single calls until both a minimum count and
 a minimum time are reached; CUDA work is synchronised before the clock stops.
+Variants measured together take turns, so they share the machine's state.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import sys
@@ -80,30 +82,10 @@ def measure_latency(
     on_cuda: bool = False,
 ) -> LatencyStats:
     """Warm up, then time ``fn(batch)`` until both ``min_runs`` and ``min_seconds`` are reached."""
-    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
-    times: list[float] = []
-    with _peak_memory(on_cuda) as peak:
-        for _ in range(warmup_runs):
-            fn(batch)
-        sync()
-        deadline = time.perf_counter() + min_seconds
-        while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
-            start = time.perf_counter()
-            fn(batch)
-            sync()
-            times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
-    return LatencyStats(
-        batch_size=batch_size,
-        runs=len(times),
-        p50_ms=percentile(times, 0.50),
-        p90_ms=percentile(times, 0.90),
-        p95_ms=percentile(times, 0.95),
-        p99_ms=percentile(times, 0.99),
-        mean_ms=statistics.fmean(times),
-        stdev_ms=statistics.stdev(times) if len(times) > 1 else 0.0,
-        peak_memory_bytes=peak.get("bytes"),
-    )
+    subject = _Subject(fn, batch, on_cuda)
+    subject.warm_up(warmup_runs)
+    _time_interleaved([subject], min_runs, min_seconds, max_runs)
+    return subject.stats(batch_size)
 
 
 def measure_runners(
@@ -112,40 +94,128 @@ def measure_runners(
     plan: TimingPlan,
     on_skip: Callable[[str, int, str], None] | None = None,
 ) -> dict[str, list[LatencyStats]]:
-    """Every runner at every batch size, batch sizes outermost so variants share conditions.
+    """Every runner at every batch size; at each batch size the runners take turns.
 
-    A runner that runs out of memory at a batch size is not tried at larger
-    ones (``on_skip(name, batch_size, reason)`` hears of it); the others go on.
+    Turns of about 200 ms, round-robin, until every runner has its minimum
+    runs and seconds (between turns the threads of the last runner are let
+    go idle): on a shared machine whose speed drifts over seconds,
+    all variants then sample the same stretch of time, so the ratios between
+    them hold even when the absolute numbers move. A runner that runs out of
+    memory at a batch size is not tried at larger ones (``on_skip(name,
+    batch_size, reason)`` hears of it); the others go on.
     """
     results: dict[str, list[LatencyStats]] = {name: [] for name in runners}
     too_big: dict[str, int] = {}
     for batch_size in plan.batch_sizes:
         batch = make_batch(batch_size)
+        subjects: dict[str, _Subject] = {}
         for name, runner in runners.items():
             if batch_size >= too_big.get(name, math.inf):
                 continue
+            subject = _Subject(runner.open(), runner.prepare(batch), runner.on_cuda)
             try:
-                stats = measure_latency(
-                    runner.open(),
-                    runner.prepare(batch),
-                    batch_size,
-                    warmup_runs=plan.warmup_runs,
-                    min_runs=plan.min_runs,
-                    min_seconds=plan.min_seconds,
-                    max_runs=plan.max_runs,
-                    on_cuda=runner.on_cuda,
-                )
+                subject.warm_up(plan.warmup_runs)
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
                 too_big[name] = batch_size
+                del subject
                 if runner.on_cuda:
                     torch.cuda.empty_cache()
                 if on_skip:
                     on_skip(name, batch_size, f"out of memory: {str(error).splitlines()[0][:200]}")
                 continue
-            results[name].append(stats)
+            subjects[name] = subject
+        _time_interleaved(list(subjects.values()), plan.min_runs, plan.min_seconds, plan.max_runs)
+        for name, subject in subjects.items():
+            results[name].append(subject.stats(batch_size))
     return results
+
+
+class _Subject:
+    """One function on one input, with its timings so far."""
+
+    def __init__(self, fn: Callable[[Any], Any], batch: Any, on_cuda: bool) -> None:
+        self.fn, self.batch, self.on_cuda = fn, batch, on_cuda
+        self.times_ms: list[float] = []
+        self.timed_seconds = 0.0
+        self.peak_memory_bytes: int | None = None
+
+    def sync(self) -> None:
+        if self.on_cuda:
+            torch.cuda.synchronize()
+
+    def warm_up(self, runs: int) -> None:
+        """Warm-up calls (at least one), which are also where peak memory is read: a call's peak is the same
+        warm or timed, and the first calls are where runtimes grow their arenas."""
+        with _peak_memory(self.on_cuda) as peak:
+            for _ in range(max(1, runs)):
+                self.fn(self.batch)
+            self.sync()
+        self.peak_memory_bytes = peak.get("bytes")
+
+    def time_for(self, seconds: float, pending: Callable[[_Subject], bool]) -> None:
+        """One turn: timed calls for ``seconds``, or until the subject has what it needs."""
+        turn_ends = time.perf_counter() + seconds
+        while pending(self):
+            start = time.perf_counter()
+            self.fn(self.batch)
+            self.sync()
+            end = time.perf_counter()
+            self.times_ms.append((end - start) * 1000.0)
+            self.timed_seconds += end - start
+            if end >= turn_ends:
+                break
+
+    def stats(self, batch_size: int) -> LatencyStats:
+        times = sorted(self.times_ms)
+        return LatencyStats(
+            batch_size=batch_size,
+            runs=len(times),
+            p50_ms=percentile(times, 0.50),
+            p90_ms=percentile(times, 0.90),
+            p95_ms=percentile(times, 0.95),
+            p99_ms=percentile(times, 0.99),
+            mean_ms=statistics.fmean(times),
+            stdev_ms=statistics.stdev(times) if len(times) > 1 else 0.0,
+            peak_memory_bytes=self.peak_memory_bytes,
+        )
+
+
+def _time_interleaved(subjects: list[_Subject], min_runs: int, min_seconds: float, max_runs: int, turn_seconds: float = 0.2) -> None:
+    """Round-robin turns until each subject has ``min_runs`` calls and ``min_seconds`` of timed calls."""
+
+    def pending(s: _Subject) -> bool:
+        return len(s.times_ms) < max_runs and (len(s.times_ms) < max(1, min_runs) or s.timed_seconds < min_seconds)
+
+    collecting = gc.isenabled()
+    gc.disable()  # as timeit does: a collection inside a timed call is not the model's cost
+    try:
+        while waiting := [s for s in subjects if pending(s)]:
+            for subject in waiting:
+                if len(subjects) > 1:
+                    _wait_for_idle_threads()
+                subject.time_for(turn_seconds, pending)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _wait_for_idle_threads(probe_seconds: float = 0.005, max_seconds: float = 0.25) -> None:
+    """Wait until this process's thread pools stop spinning (or ``max_seconds``).
+
+    Runtimes keep their worker threads busy-waiting after a call, for the
+    next one: onnxruntime's for about 50 ms, OpenMP's (PyTorch) for about 10
+    ms, measured here. Started at once, the next variant's turn would share
+    the cores with them (it measured 2x slower that way); a model served
+    alone never meets another runtime's spinning threads.
+    """
+    deadline = time.perf_counter() + max_seconds
+    while time.perf_counter() < deadline:
+        cpu = time.process_time()
+        time.sleep(probe_seconds)
+        if time.process_time() - cpu < 0.2 * probe_seconds:  # under a fifth of one core: idle
+            return
 
 
 def is_out_of_memory(error: BaseException) -> bool:

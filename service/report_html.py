@@ -20,8 +20,9 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 .summary { font-size: 1.3em; font-weight: 600; margin: 0.6em 0; }
 .muted { color: #666; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.6em 0; font-variant-numeric: tabular-nums; }
-th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f4f4f4; }
 tr.worse td { background: #fff3f0; }
@@ -48,8 +49,12 @@ def to_html(report: pb.Report) -> str:
     plots = _plots(report)
     if plots:
         parts += ['<div class="plots">'] + plots + ["</div>"]
-    parts += ["<h2>Side by side</h2>", '<p class="muted">p50 ms per call; in brackets the speedup against the '
-              "teacher at the same batch size.</p>", _table(report_format.variant_rows(report))]
+    parts += ["<h2>Side by side</h2>", _table(report_format.variant_rows(report))]
+    parts += [
+        "<h2>p50 latency (ms)</h2>",
+        '<p class="muted">Per call; in brackets the speedup against the teacher at the same batch size.</p>',
+        _table(report_format.speed_rows(report)),
+    ]
     parts += ["<h2>Latency detail (ms)</h2>", _table(report_format.latency_rows(report))]
     if report.per_class:
         rows = report_format.per_class_rows(report)
@@ -82,11 +87,11 @@ def to_html(report: pb.Report) -> str:
 
 def _table(rows: list[list[str]], highlight: set[int] = frozenset()) -> str:
     header, *body = rows
-    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead><tbody>"]
+    out = ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead><tbody>"]
     for i, row in enumerate(body, start=1):
         css = ' class="worse"' if i in highlight else ""
         out.append(f"<tr{css}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "\n".join(out)
 
 
@@ -98,6 +103,12 @@ def _plots(report: pb.Report) -> list[str]:
 
     matplotlib.use("Agg")  # no display; also keeps a server's worker from opening windows
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    def plain_log_ticks(axis) -> None:  # noqa: ANN001 (a matplotlib Axis)
+        """Log-scale ticks read as 0.05, 0.1, 1 rather than 10^-1 and crowded minor labels."""
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
     figures = []
     with plt.rc_context({"svg.hashsalt": "distillery", "font.size": 10}):  # stable ids: same report, same file
@@ -107,6 +118,8 @@ def _plots(report: pb.Report) -> list[str]:
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per call (ms)")
         batch_sizes = sorted({lat.batch_size for v in timed for lat in v.latency})
         ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        plain_log_ticks(ax.yaxis)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         figures.append(_figure(fig, "Latency by batch size (log scales; lower is faster)."))
@@ -120,6 +133,7 @@ def _plots(report: pb.Report) -> list[str]:
                 ax.scatter([lat.p50_ms], [v.accuracy.top1], s=60, zorder=3)
                 ax.annotate(v.name, (lat.p50_ms, v.accuracy.top1), textcoords="offset points", xytext=(6, 4), fontsize=8)
             ax.set(xscale="log", xlabel=f"p50 latency at batch {batch} (ms)", ylabel="top-1 %")
+            plain_log_ticks(ax.xaxis)
             ax.grid(True, alpha=0.3)
             ax.margins(x=0.3, y=0.2)
             figures.append(_figure(fig, f"Accuracy against latency at batch {batch}: up and to the left is better."))

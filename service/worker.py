@@ -33,7 +33,7 @@ from distill import models
 from distill.benchmark import LatencyStats, Runner, TimingPlan, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory
 from distill.data import ImageData, Normalization, Splits
-from distill.datafree import DataFreeConfig, DataFreeResult, check_generator, distil_data_free, resolve_method
+from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_generator, distil_data_free, resolve_method
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
 from distill.loading import STATE_DICT, ModelFileError, Teacher
 from distill.losses import build_loss
@@ -148,8 +148,12 @@ class Student:
 
     model: torch.nn.Module
     architecture: str
-    is_onnx: bool  # an uploaded ONNX file: timed as it is, nothing to export
-    file: Path | None  # the uploaded file; None for a distilled student (saved at export)
+    is_onnx: bool = False  # an uploaded ONNX file: timed as it is, nothing to export
+    file: Path | None = None  # the uploaded file; None for a distilled student (saved at export)
+    # How it was made; all None for an uploaded student.
+    training: pb.TrainingSummary | None = None
+    data_free: pb.DataFreeSummary | None = None
+    generator: Generator | None = None  # data-free: makes evaluation inputs when there is no dataset
 
 
 class Job:
@@ -211,43 +215,19 @@ class Job:
             )
         teacher.model.to(device)
 
-        training, data_free, generated = None, None, None
-        if plan.benchmark_only:
-            self.stage("build_student", "loading the uploaded student")
-            student = self.load_uploaded_student(plan.benchmark_only.student_model_id, input_shape, teacher.num_classes)
-            if not student.is_onnx:
-                student.model.to(device)
-        else:
-            self.stage("build_student", plan.student_architecture)
-            torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included
-            student = Student(
-                models.build(plan.student_architecture, teacher.num_classes, input_shape[0]),
-                plan.student_architecture,
-                is_onnx=False,
-                file=None,
-            )
-            resume = None
-            if self.checkpoint_path.exists():
-                resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
-            if plan.data_free:
-                training, result = self.distil_without_data(plan, teacher, student.model, input_shape, resume)
-                data_free = self.inspect_generator(result, plan.data_free.config, teacher, student.model)
-                generated = result.generator
-            else:
-                assert splits is not None
-                training = self.distil_with_data(plan, teacher, student.model, splits, resume)
+        student = self.obtain_student(plan, teacher, splits, input_shape, device)
 
         self.stage("evaluate")
         if splits:
             inputs = EvalInputs(splits.val, splits.normalization)
-        elif generated is not None:  # no labelled data: fresh generated images stand in for parity and latency
-            inputs = EvalInputs(generated.sample(PARITY_SAMPLES))
+        elif student.generator is not None:  # no labelled data: fresh generated images stand in for parity and latency
+            inputs = EvalInputs(student.generator.sample(PARITY_SAMPLES))
         else:  # a benchmark-only job without data: latency on random inputs, no accuracy
             inputs = EvalInputs(torch.randn(PARITY_SAMPLES, *input_shape, generator=torch.Generator().manual_seed(0)))
         teacher_logits = predict(teacher.model, inputs.batches(), device)
         student_logits = predict(student.model, inputs.batches(), device)
-        if training is not None:
-            training.val_samples = len(inputs) if inputs.labels is not None else 0
+        if student.training is not None:
+            student.training.val_samples = len(inputs) if inputs.labels is not None else 0
 
         self.stage("export")
         student.model.cpu().eval()
@@ -274,12 +254,12 @@ class Job:
 
         self.stage("report")
         report = self.build_report(plan, teacher, student, input_shape, variants, inputs, latency)
-        if training is not None:
-            report.training.CopyFrom(training)
+        if student.training is not None:
+            report.training.CopyFrom(student.training)
         if export is not None:
             report.export.CopyFrom(export)
-        if data_free is not None:
-            report.data_free.CopyFrom(data_free)
+        if student.data_free is not None:
+            report.data_free.CopyFrom(student.data_free)
         report_format.finish(report)
         self.artifact("report.json").write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
         self.artifact("report.md").write_text(report_format.to_markdown(report))
@@ -295,6 +275,36 @@ class Job:
         if row is None:
             raise FileNotFoundError(f"{role} model {model_id} is gone from the store")
         return row
+
+    def obtain_student(
+        self,
+        plan: specs.JobPlan,
+        teacher: Teacher,
+        splits: Splits | None,
+        input_shape: tuple[int, int, int],
+        device: str,
+    ) -> Student:
+        """The uploaded student of a benchmark-only job, or a new one distilled from the teacher."""
+        if plan.benchmark_only:
+            self.stage("build_student", "loading the uploaded student")
+            student = self.load_uploaded_student(plan.benchmark_only.student_model_id, input_shape, teacher.num_classes)
+            if not student.is_onnx:
+                student.model.to(device)
+            return student
+        self.stage("build_student", plan.student_architecture)
+        torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included
+        student = Student(models.build(plan.student_architecture, teacher.num_classes, input_shape[0]), plan.student_architecture)
+        resume = None
+        if self.checkpoint_path.exists():
+            resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+        if plan.data_free:
+            student.training, result = self.distil_without_data(plan, teacher, student.model, input_shape, resume)
+            student.data_free = self.inspect_generator(result, plan.data_free.config, teacher, student.model)
+            student.generator = result.generator
+        else:
+            assert splits is not None
+            student.training = self.distil_with_data(plan, teacher, student.model, splits, resume)
+        return student
 
     def load_uploaded_student(self, model_id: str, input_shape: tuple[int, int, int], num_classes: int) -> Student:
         row = self.model_row(model_id, "student")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -68,3 +69,17 @@ def test_other_errors_are_not_taken_for_out_of_memory() -> None:
         benchmark.measure_runners(
             {"broken": Runner(open=lambda: broken, prepare=lambda b: b)}, torch.zeros, TimingPlan(batch_sizes=(1,))
         )
+
+
+def test_runners_measured_together_take_turns() -> None:
+    calls: list[str] = []
+    plan = TimingPlan(batch_sizes=(1,), warmup_runs=0, min_runs=1, min_seconds=0.3)
+    benchmark.measure_runners(
+        {name: Runner(open=lambda name=name: lambda _: (calls.append(name), time.sleep(0.001)), prepare=lambda b: b)
+         for name in "ab"},
+        torch.zeros,
+        plan,
+    )
+    # Both sample the whole stretch of time: a's timed calls do not all come before b's.
+    assert calls.index("b") < len(calls) - 1 - calls[::-1].index("a")
+    assert sum(1 for x, y in zip(calls, calls[1:]) if x != y) >= 4  # several turns each, not one block each

@@ -73,7 +73,7 @@ def test_html_is_self_contained_with_two_plots_and_the_tables(report: pb.Report)
     assert page.count("<svg") == 2 and "<script" not in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page), "the page must not fetch anything"
     assert report.summary in page
-    assert page.count("<table>") == 3  # side by side, latency detail, per class
+    assert page.count("<table>") == 4  # side by side, p50 by batch size, latency detail, per class
     assert '<tr class="worse"><td>circle</td>' in page
     assert to_html(report) == page  # the same report renders to the same bytes
 
