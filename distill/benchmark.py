@@ -60,6 +60,7 @@ class Runner:
     open: Callable[[], Callable[[Any], Any]]
     prepare: Callable[[torch.Tensor], Any]
     on_cuda: bool = False  # synchronise before reading the clock; CUDA memory stats
+    max_batch: int | None = None  # a file exported for a fixed batch size takes no larger one
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ def measure_runners(
         subjects: dict[str, _Subject] = {}
         for name, runner in runners.items():
             if batch_size >= too_big.get(name, math.inf):
+                continue
+            if runner.max_batch is not None and batch_size > runner.max_batch:
+                if on_skip:
+                    on_skip(name, batch_size, f"it takes batches of {runner.max_batch} only (exported without a dynamic batch)")
+                too_big[name] = batch_size
                 continue
             subject = _Subject(runner.open(), runner.prepare(batch), runner.on_cuda)
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,19 +52,29 @@ class ParityResult:
     tolerance: float
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> ExportResult:
-    """Write ``model`` to ``path`` with a dynamic batch axis, checked by onnx.checker."""
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    exporters: tuple[str, ...] = (DYNAMO, TORCHSCRIPT),
+) -> ExportResult:
+    """Write ``model`` to ``path``, trying ``exporters`` in order; the file must pass ``check``.
+
+    With ``dynamic_batch`` the batch axis is symbolic; without, it is fixed at 1.
+    """
     model = model.eval().cpu()
-    example = example.cpu()
-    if example.shape[0] < 2:  # batch 1 would be specialised into the graph
+    example = example.cpu()[:1]
+    if dynamic_batch:  # batch 1 would be specialised into the graph
         example = example.repeat(2, *([1] * (example.ndim - 1)))
     errors = []
-    for exporter in (DYNAMO, TORCHSCRIPT):
+    for exporter in exporters:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _export_with(exporter, model, example, path, opset)
-            onnx.checker.check_model(str(path), full_check=True)
+                _export_with(exporter, model, example, path, opset, dynamic_batch)
+            check(path)
             return ExportResult(path, exporter, opset)
         except Exception as e:  # each exporter fails in its own ways; try the next
             log.warning("ONNX export with %s failed: %s", exporter, e)
@@ -73,7 +83,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
     raise ExportError("ONNX export failed: " + " | ".join(errors))
 
 
-def _export_with(exporter: str, model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def check(path: Path) -> None:
+    """onnx.checker with full_check, then strict shape inference: what every shipped file must pass."""
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes(onnx.load(str(path)), check_type=True, strict_mode=True)
+
+
+def _export_with(exporter: str, model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
     if exporter == DYNAMO:
         program = torch.onnx.export(
             model,
@@ -81,7 +97,7 @@ def _export_with(exporter: str, model: nn.Module, example: torch.Tensor, path: P
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},),
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None,
             opset_version=opset,
             verbose=False,
         )
@@ -94,7 +110,7 @@ def _export_with(exporter: str, model: nn.Module, example: torch.Tensor, path: P
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
             opset_version=opset,
         )
 
@@ -111,6 +127,31 @@ def session(path: Path, num_threads: int = 0, providers: list[str] | None = None
 
 def run(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
     return sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def write_metadata(path: Path, props: dict[str, str]) -> None:
+    """Set ``metadata_props`` (what onnxruntime shows as ``custom_metadata_map``); the graph is untouched."""
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def static_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch size a file was exported for, or None when its batch axis is symbolic."""
+    batch = sess.get_inputs()[0].shape[0]
+    return batch if isinstance(batch, int) and batch > 0 else None
+
+
+def predict(sess: ort.InferenceSession, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """The first output for every input, in order; a static-batch file is fed one batch of its size at a time."""
+    run, size = runner(sess), static_batch(sess)
+    outputs = []
+    for batch in batches:
+        chunks = [batch] if size is None else [batch[i : i + size] for i in range(0, len(batch), size)]
+        outputs += [run(chunk) for chunk in chunks]
+    return np.concatenate(outputs)
 
 
 def runner(sess: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
@@ -131,7 +172,7 @@ def validate(
     with torch.inference_mode():
         for chunk in inputs.cpu().split(batch_size):
             expected = model(chunk).float().numpy()
-            actual = run(sess, chunk.numpy())
+            actual = predict(sess, [chunk.numpy()])
             if actual.shape != expected.shape:
                 raise ParityError(f"output {OUTPUT_NAME!r} has shape {actual.shape}, PyTorch gives {expected.shape}")
             diff = np.abs(actual - expected)

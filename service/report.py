@@ -21,7 +21,9 @@ def finish(report: pb.Report) -> pb.Report:
             base = latency_at(teacher, lat.batch_size) if teacher is not None else None
             if base is not None and lat.p50_ms > 0:
                 lat.speedup_vs_teacher = base.p50_ms / lat.p50_ms
-    timed = [(v, lat) for v in report.variants if v.model == "student" for lat in v.latency]
+    _judge_precisions(report)
+    # The picks (and the summary) speak only of variants a user may take.
+    timed = [(v, lat) for v in report.variants if v.model == "student" and v.recommended for lat in v.latency]
     if timed:
         smallest = min(lat.batch_size for _, lat in timed)
         v, lat = min(((v, lat) for v, lat in timed if lat.batch_size == smallest), key=lambda pair: pair[1].p50_ms)
@@ -30,6 +32,26 @@ def finish(report: pb.Report) -> pb.Report:
         report.student_highest_throughput.CopyFrom(_pick(v, lat))
     report.summary = summary(report)
     return report
+
+
+def _judge_precisions(report: pb.Report) -> None:
+    """A reduced-precision student is recommended only within the accuracy budget of the FP32 student."""
+    budget = report.export.accuracy_budget if report.HasField("export") else 1.0
+    reference = next((v for v in report.variants if v.model == "student" and v.precision == "fp32"), None)
+    for v in report.variants:
+        v.recommended = True
+        if v.model != "student" or v.precision == "fp32" or reference is None:
+            continue
+        if not (v.HasField("accuracy") and reference.HasField("accuracy")):
+            v.recommended = False
+            v.note = "not checked against the accuracy budget: no labelled data"
+            continue
+        loss = reference.accuracy.top1 - v.accuracy.top1
+        v.recommended = loss <= budget
+        v.note = (
+            f"{'within' if v.recommended else 'over'} the {budget:g}-point budget: "
+            f"{abs(loss):.2f} points {'below' if loss >= 0 else 'above'} the FP32 student"
+        )
 
 
 def _pick(v: pb.Variant, lat: pb.Latency) -> pb.LatencyPick:
@@ -103,7 +125,7 @@ def count(n: int) -> str:
 
 def variant_rows(report: pb.Report) -> list[list[str]]:
     """Accuracy and size of every variant, side by side."""
-    rows = [["variant", "top-1 %", "Δ top-1", "top-5 %", "agreement %", "params", "MACs", "file"]]
+    rows = [["variant", "top-1 %", "Δ top-1", "top-5 %", "agreement %", "params", "MACs", "file", "recommended"]]
     for v in report.variants:
         if v.HasField("accuracy"):
             a = v.accuracy
@@ -116,7 +138,8 @@ def variant_rows(report: pb.Report) -> list[list[str]]:
             ]
         else:
             cells = [v.name, "-", "-", "-", "-"]
-        rows.append(cells + [count(v.parameters), count(v.macs), size(v.file_size_bytes)])
+        verdict = ("yes" if v.recommended else "NO") + (f" ({v.note})" if v.note else "")
+        rows.append(cells + [count(v.parameters), count(v.macs), size(v.file_size_bytes), verdict if v.model == "student" else ""])
     return rows
 
 

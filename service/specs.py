@@ -14,6 +14,7 @@ from distill import data, losses, models
 from distill.benchmark import DEFAULT_BATCH_SIZES
 from distill.datafree import DataFreeConfig
 from distill.trainer import TrainConfig
+from exporters import onnx_export
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.errors import FailedPrecondition, InvalidArgument
 
@@ -69,6 +70,16 @@ class BenchmarkPlan:
 
 
 @dataclass(frozen=True)
+class ExportPlan:
+    opset: int = 18
+    parity_tolerance: float = 1e-4
+    dynamic_batch: bool = True
+    exporters: tuple[str, ...] = (onnx_export.DYNAMO, onnx_export.TORCHSCRIPT)  # tried in order
+    int8: bool = True
+    accuracy_budget: float = 1.0  # top-1 points a variant may lose against the FP32 student
+
+
+@dataclass(frozen=True)
 class DataFreePlan:
     config: DataFreeConfig
     input_shape: tuple[int, int, int] | None  # None: the dataset's
@@ -87,8 +98,7 @@ class JobPlan:
     dataset: DatasetPlan | None  # None only for data-free and benchmark-only jobs
     methods: list[losses.MethodConfig]
     training: TrainConfig
-    opset: int
-    parity_tolerance: float
+    export: ExportPlan
     benchmark: BenchmarkPlan
     data_free: DataFreePlan | None = None
     benchmark_only: BenchmarkOnlyPlan | None = None
@@ -169,10 +179,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
         default_kd = [pb.LossTerm(kd=pb.KnowledgeDistillation())]
         methods = [_method(i, term) for i, term in enumerate(spec.losses or default_kd)]
 
-    opset = spec.export.opset or 18
-    _in_range(opset, 13, 23, "export.opset")
-    tolerance = _or_default(spec.export.parity_tolerance, 1e-4)
-    _in_range(tolerance, 1e-8, 1.0, "export.parity_tolerance")
+    export = _export_plan(spec.export)
 
     b = spec.benchmark
     batch_sizes = tuple(b.batch_sizes) or DEFAULT_BATCH_SIZES
@@ -200,11 +207,36 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
         ),
         methods=methods,
         training=training,
-        opset=opset,
-        parity_tolerance=tolerance,
+        export=export,
         benchmark=benchmark,
         data_free=data_free,
         benchmark_only=benchmark_only,
+    )
+
+
+_EXPORTERS = {
+    pb.ONNX_EXPORTER_UNSPECIFIED: (onnx_export.DYNAMO, onnx_export.TORCHSCRIPT),
+    pb.ONNX_EXPORTER_DYNAMO: (onnx_export.DYNAMO,),
+    pb.ONNX_EXPORTER_TORCHSCRIPT: (onnx_export.TORCHSCRIPT,),
+}
+
+
+def _export_plan(e: pb.ExportSpec) -> ExportPlan:
+    opset = e.opset or 18
+    _in_range(opset, 13, 23, "export.opset")
+    tolerance = _or_default(e.parity_tolerance, 1e-4)
+    _in_range(tolerance, 1e-8, 1.0, "export.parity_tolerance")
+    if e.exporter not in _EXPORTERS:
+        raise InvalidArgument(f"export.exporter {e.exporter} is unknown")
+    budget = _digits(e.accuracy_budget) if e.HasField("accuracy_budget") else 1.0
+    _in_range(budget, 0, 100, "export.accuracy_budget")
+    return ExportPlan(
+        opset=opset,
+        parity_tolerance=tolerance,
+        dynamic_batch=e.dynamic_batch if e.HasField("dynamic_batch") else True,
+        exporters=_EXPORTERS[e.exporter],
+        int8=e.int8 if e.HasField("int8") else True,
+        accuracy_budget=budget,
     )
 
 

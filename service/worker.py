@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -38,11 +37,11 @@ from distill.evaluate import AccuracyResult, accuracy, per_class_top1
 from distill.loading import STATE_DICT, ModelFileError, Teacher
 from distill.losses import build_loss
 from distill.trainer import Progress, distil, predict
-from exporters import onnx_export, onnx_teacher
+from exporters import onnx_export, onnx_teacher, quantize
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import report as report_format
 from service import report_html
-from service import model_formats, specs
+from service import bundle, model_formats, specs
 from service.artifacts import BlobStore
 from service.config import ServerConfig
 from service.errors import describe, status_code
@@ -61,6 +60,7 @@ STAGE_START = {
     "report": 0.98,
 }
 PARITY_SAMPLES = 1000
+CALIBRATION_SAMPLES = 512  # INT8 activation ranges: min/max over this many evaluation inputs
 CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
@@ -135,11 +135,14 @@ class Variant:
     macs: int
     device: str
     execution_provider: str = ""
+    precision: str = "fp32"  # fp32 | int8 static | int8 dynamic
+    artifact: str = ""  # the shipped file it runs from
 
     @property
     def name(self) -> str:
+        precision = f" {self.precision}" if self.precision != "fp32" else ""
         suffix = " (CUDA)" if self.execution_provider == CUDA_EP else ""
-        return f"{self.model} / {self.runtime}{suffix}"
+        return f"{self.model} / {self.runtime}{precision}{suffix}"
 
 
 @dataclass
@@ -246,6 +249,7 @@ class Job:
             student.model.to(device)
             size = (student.file or self.files["student.pt"]).stat().st_size
             variants.append(self.torch_variant("student", student.model, student_logits, size, input_shape, device))
+            variants[-1].artifact = "" if student.file else "student.pt"
             export = self.export(plan, student, inputs, variants)  # exports from the CPU
             student.model.to(device)
 
@@ -260,7 +264,18 @@ class Job:
             report.export.CopyFrom(export)
         if student.data_free is not None:
             report.data_free.CopyFrom(student.data_free)
+        handing_off = export is not None and not plan.benchmark_only
+        if handing_off:
+            report.export.bundle_artifact = "bundle.zip"
         report_format.finish(report)
+        classes = splits.val.classes if splits else [str(c) for c in range(teacher.num_classes)]
+        normalization = splits.normalization if splits else None
+        handoff = bundle.Handoff(report, classes, normalization, teacher_row.sha256)
+        onnx_files = {v.artifact: self.files[v.artifact] for v in report.variants if v.artifact.endswith(".onnx")}
+        for name, path in onnx_files.items():
+            onnx_export.write_metadata(path, handoff.onnx_metadata(name))
+        if handing_off:
+            handoff.write_zip(self.artifact("bundle.zip"), onnx_files)
         self.artifact("report.json").write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
         self.artifact("report.md").write_text(report_format.to_markdown(report))
         self.artifact("report.html").write_text(report_html.to_html(report))
@@ -432,36 +447,61 @@ class Job:
         A distilled student must export. An uploaded PyTorch student that will
         not is still benchmarked in PyTorch; the report's notes say why not in onnxruntime.
         """
+        options = plan.export
         parity_inputs = inputs.first(PARITY_SAMPLES)
         path = self.artifact("student.onnx")
         try:
-            exported = onnx_export.export_onnx(student.model, parity_inputs[:2], path, plan.opset)
+            exported = onnx_export.export_onnx(
+                student.model, parity_inputs[:2], path, options.opset, options.dynamic_batch, options.exporters
+            )
             session = onnx_export.session(path, num_threads=self.threads)
-            parity = onnx_export.validate(session, student.model, parity_inputs, plan.parity_tolerance)
+            parity = onnx_export.validate(session, student.model, parity_inputs, options.parity_tolerance)
         except (onnx_export.ExportError, onnx_export.ParityError) as e:
             if not plan.benchmark_only:
                 raise
             self.files.pop("student.onnx")
             self.notes.append(f"the uploaded student was not measured in onnxruntime: {e}")
             return None
-        run = onnx_export.runner(session)
-        logits = torch.from_numpy(np.concatenate([run(x.numpy()) for x in inputs.batches()]))
-        size, params = path.stat().st_size, variants[-1].parameters
+        fp32 = variants[-1]
         providers = [CPU_EP] + ([CUDA_EP] if CUDA_EP in onnxruntime.get_available_providers() else [])
-        for provider in providers:
-            runner = Runner(
-                open=lambda provider=provider: onnx_export.runner(onnx_export.session(path, self.threads, [provider])),
-                prepare=lambda batch: batch.numpy(),
-            )
-            device = "cuda" if provider == CUDA_EP else "cpu"
-            variants.append(Variant("student", "onnxruntime", runner, logits, size, params, variants[-1].macs, device, provider))
+        variants += [self.onnx_variant(fp32, "student.onnx", inputs, provider) for provider in providers]
+        if options.int8 and not plan.benchmark_only:  # a benchmark-only job measures the models it was given
+            # Calibration: the inputs the student is evaluated on (generated ones for a data-free job).
+            calibration = [x.numpy() for x in inputs.first(CALIBRATION_SAMPLES).split(64)]
+            for kind, name in ((quantize.STATIC, "student.int8.onnx"), (quantize.DYNAMIC, "student.int8-dynamic.onnx")):
+                try:
+                    quantize.quantize_int8(path, self.workdir / name, kind, calibration)
+                except Exception as e:  # an op onnxruntime cannot quantize: ship the rest, say why
+                    log.warning("%s failed", kind, exc_info=True)
+                    self.notes.append(f"no {kind} variant: {str(e).splitlines()[0][:300]}")
+                    continue
+                self.artifact(name)
+                variants.append(self.onnx_variant(fp32, name, inputs, CPU_EP, precision=kind))
         return pb.ExportSummary(
             opset=exported.opset,
             exporter=exported.exporter,
             parity_max_abs_diff=parity.max_abs_diff,
+            parity_max_rel_diff=parity.max_rel_diff,
+            parity_top1_mismatch=100 * parity.top1_mismatch,
             parity_tolerance=parity.tolerance,
             parity_samples=parity.samples,
+            dynamic_batch=options.dynamic_batch,
+            accuracy_budget=options.accuracy_budget,
         )
+
+    def onnx_variant(self, fp32: Variant, name: str, inputs: EvalInputs, provider: str, precision: str = "fp32") -> Variant:
+        """A shipped ONNX file in onnxruntime: its logits on the evaluation inputs, and how to time it."""
+        path = self.files[name]
+        session = onnx_export.session(path, self.threads, [provider])
+        logits = torch.from_numpy(onnx_export.predict(session, (x.numpy() for x in inputs.batches())))
+        runner = Runner(
+            open=lambda: onnx_export.runner(onnx_export.session(path, self.threads, [provider])),
+            prepare=lambda batch: batch.numpy(),
+            max_batch=onnx_export.static_batch(session),
+        )
+        device = "cuda" if provider == CUDA_EP else "cpu"
+        return Variant("student", "onnxruntime", runner, logits, path.stat().st_size, fp32.parameters, fp32.macs, device,
+                       provider, precision, name)
 
     def torch_variant(
         self,
@@ -540,7 +580,8 @@ class Job:
                 name=v.name,
                 model=v.model,
                 runtime=v.runtime,
-                precision="fp32",
+                precision=v.precision,
+                artifact=v.artifact,
                 file_size_bytes=v.file_size,
                 parameters=v.parameters,
                 macs=v.macs,

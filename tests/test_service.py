@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import grpc
@@ -58,8 +61,13 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
 
     report = client.report(job.id)
-    teacher, student, student_onnx = report.variants
+    teacher, student, student_onnx, int8_static, int8_dynamic = report.variants
     assert (teacher.model, student.model, student_onnx.runtime) == ("teacher", "student", "onnxruntime")
+    assert (int8_static.precision, int8_dynamic.precision) == ("int8 static", "int8 dynamic")
+    assert (student_onnx.artifact, int8_static.artifact) == ("student.onnx", "student.int8.onnx")
+    for v in (int8_static, int8_dynamic):  # measured like the FP32 student, and judged against the budget
+        assert v.accuracy.samples == student.accuracy.samples and [lat.batch_size for lat in v.latency] == [1, 8]
+        assert v.recommended == (student.accuracy.top1 - v.accuracy.top1 <= 1.0) and "budget" in v.note
     assert teacher.accuracy.top1 > 90 and student.accuracy.top1 > 80
     # Float noise may flip an argmax on a borderline sample or two of the 200.
     assert abs(student_onnx.accuracy.top1 - student.accuracy.top1) <= 1.0
@@ -82,7 +90,10 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     assert report.kind == pb.JOB_KIND_DISTILLATION and report.environment.python_version
 
     # Artifacts: the ONNX file runs in onnxruntime and matches the downloaded PyTorch student.
-    assert {a.name for a in job.artifacts} == {"student.onnx", "student.pt", "report.json", "report.md", "report.html"}
+    assert {a.name for a in job.artifacts} == {
+        "student.onnx", "student.int8.onnx", "student.int8-dynamic.onnx", "student.pt", "bundle.zip",
+        "report.json", "report.md", "report.html",
+    }
     onnx_path = client.download(job.id, "student.onnx", tmp_path)
     saved = torch.load(client.download(job.id, "student.pt", tmp_path), weights_only=True)
     model = models.build(saved["architecture"], saved["num_classes"], saved["input_shape"][0])
@@ -91,8 +102,13 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     x = data.Normalization(saved["mean"], saved["std"]).apply(val.images[:64])
     with torch.inference_mode():
         expected = model.eval()(x).numpy()
-    actual = ort.InferenceSession(str(onnx_path)).run(None, {"input": x.numpy()})[0]
+    session = ort.InferenceSession(str(onnx_path))
+    actual = session.run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(actual, expected, atol=1e-4)
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["distillery.classes"]) == val.classes and metadata["distillery.job_id"] == job.id
+    assert json.loads(metadata["distillery.preprocess"])["mean"] == pytest.approx(saved["mean"])
+    assert metadata["distillery.top1"] == f"{student_onnx.accuracy.top1:.2f}"
 
     report_json = client.download(job.id, "report.json", tmp_path).read_text()
     assert json_format.Parse(report_json, pb.Report()) == report
@@ -312,12 +328,16 @@ def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp
     job = client.wait(client.create_job(data_free_spec(teacher_model.id)).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     assert {a.name for a in job.artifacts} == {
-        "student.onnx", "student.pt", "report.json", "report.md", "report.html", "samples.png", "generator.pt"
+        "student.onnx", "student.int8.onnx", "student.int8-dynamic.onnx", "student.pt", "bundle.zip",
+        "report.json", "report.md", "report.html", "samples.png", "generator.pt",
     }
     report = client.report(job.id)
     # Nothing labelled to score on: no accuracy anywhere, and the report says so.
     assert not any(v.HasField("accuracy") for v in report.variants)
     assert "no labelled data" in report.summary
+    # INT8 calibrated on generator samples; with nothing labelled it cannot be judged, so it is not recommended.
+    int8 = next(v for v in report.variants if v.precision == "int8 static")
+    assert not int8.recommended and "no labelled data" in int8.note
     d = report.data_free
     assert (d.method, d.iterations, d.student_steps, d.batch_size) == ("dfad", 20, 2, 32)
     assert len(d.class_histogram) == 4 and sum(d.class_histogram) == d.generated_samples > 0
@@ -339,7 +359,7 @@ def test_data_free_job_evaluates_on_validation_data_only(client: Client, teacher
     job = client.wait(client.create_job(spec).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     report = client.report(job.id)
-    teacher, student, _ = report.variants
+    teacher, student = report.variants[:2]
     assert teacher.accuracy.samples == student.accuracy.samples == TINY_DATA["val_size"]
     assert teacher.accuracy.top1 > 90
     assert report.training.train_samples == 0 and report.training.val_samples == TINY_DATA["val_size"]
@@ -397,3 +417,55 @@ def test_benchmark_only_without_data_times_random_inputs(client: Client, teacher
     assert report.summary.endswith("accuracy not measured (no labelled data)")
     assert report.student.parameters < report.teacher.parameters
     assert "student.onnx" in {a.name for a in job.artifacts}
+
+
+def test_bundle_predicts_without_torch(finished_job, client: Client, tmp_path: Path) -> None:
+    """The device team's side: unzip, a Python with onnxruntime, numpy and Pillow only, predict.py on image files."""
+    job, _ = finished_job
+    with zipfile.ZipFile(client.download(job.id, "bundle.zip", tmp_path)) as bundle:
+        assert {"student.onnx", "student.int8.onnx", "MODEL_CARD.md", "labels.txt", "preprocess.json", "predict.py"} <= set(
+            bundle.namelist()
+        )
+        bundle.extractall(tmp_path / "bundle")
+
+    # 100 validation images as PNG files, and the service's own student on the same images.
+    _, val = data.generated_splits(**TINY_DATA)
+    paths = []
+    for i in range(100):
+        paths.append(tmp_path / f"img{i:03d}.png")
+        Image.fromarray(val.images[i, 0].numpy(), mode="L").save(paths[-1])
+    saved = torch.load(client.download(job.id, "student.pt", tmp_path), weights_only=True)
+    model = models.build(saved["architecture"], saved["num_classes"], saved["input_shape"][0])
+    model.load_state_dict(saved["state_dict"])
+    with torch.inference_mode():
+        expected = model.eval()(data.Normalization(saved["mean"], saved["std"]).apply(val.images[:100])).argmax(1)
+
+    python = _python_without_torch(tmp_path / "env")
+    out = subprocess.run(
+        [python, str(tmp_path / "bundle" / "predict.py"), *map(str, paths)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    predicted = [line.split("\t")[1].rsplit(" ", 1)[0] for line in out.stdout.splitlines()]
+    assert predicted == [val.classes[i] for i in expected.tolist()]
+
+
+def _python_without_torch(root: Path) -> str:
+    """A fresh virtual environment that sees numpy, onnxruntime and Pillow (linked from ours) and nothing else."""
+    import numpy
+    import onnxruntime
+    import PIL
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    deps = root / "deps"
+    deps.mkdir()
+    for module in (numpy, onnxruntime, PIL):
+        package = Path(module.__file__).parent
+        for name in (package.name, f"{package.name}.libs", "pillow.libs" if module is PIL else ""):
+            if name and (package.parent / name).exists() and not (deps / name).exists():
+                (deps / name).symlink_to(package.parent / name)
+    site = next((root / "venv" / "lib").glob("python*/site-packages"))
+    (site / "deps.pth").write_text(str(deps) + "\n")
+    python = str(root / "venv" / "bin" / "python")
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
+    return python

@@ -54,7 +54,7 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
     )
     plan = specs.plan(spec, (tmp_path,), cuda_available=True)
     assert plan.training.epochs == 10 and plan.training.lr == 0.05 and plan.training.device == "cuda"
-    assert plan.benchmark.batch_sizes == (1, 8, 32, 128) and plan.opset == 18 and plan.parity_tolerance == pytest.approx(1e-4)
+    assert plan.benchmark.batch_sizes == (1, 8, 32, 128) and plan.export == specs.ExportPlan()
     assert plan.dataset.generated["train_size"] == 6000
 
 
@@ -69,6 +69,8 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
         (lambda s: s.losses.add(fitnet=pb.FitNet(hint=pb.LayerPair(teacher="a"))), "both a teacher and a student"),
         (lambda s: s.losses.add(weight=-2, kd=pb.KnowledgeDistillation()), "weight"),
         (lambda s: s.export.__setattr__("opset", 7), "export.opset"),
+        (lambda s: s.export.__setattr__("accuracy_budget", -1), "export.accuracy_budget"),
+        (lambda s: s.export.__setattr__("exporter", 9), "export.exporter"),
         (lambda s: s.benchmark.batch_sizes.append(0), "batch_sizes"),
         (lambda s: s.dataset.generated.__setattr__("num_classes", 50), "num_classes"),
         (lambda s: s.dataset.mean.extend([0.5, 0.5]), "mean"),

@@ -42,6 +42,12 @@ class LrSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LR_SCHEDULE_COSINE: _ClassVar[LrSchedule]
     LR_SCHEDULE_CONSTANT: _ClassVar[LrSchedule]
 
+class OnnxExporter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ONNX_EXPORTER_UNSPECIFIED: _ClassVar[OnnxExporter]
+    ONNX_EXPORTER_DYNAMO: _ClassVar[OnnxExporter]
+    ONNX_EXPORTER_TORCHSCRIPT: _ClassVar[OnnxExporter]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -73,6 +79,9 @@ OPTIMIZER_ADAM: Optimizer
 LR_SCHEDULE_UNSPECIFIED: LrSchedule
 LR_SCHEDULE_COSINE: LrSchedule
 LR_SCHEDULE_CONSTANT: LrSchedule
+ONNX_EXPORTER_UNSPECIFIED: OnnxExporter
+ONNX_EXPORTER_DYNAMO: OnnxExporter
+ONNX_EXPORTER_TORCHSCRIPT: OnnxExporter
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -370,12 +379,20 @@ class TrainingSpec(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., seed: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("opset", "parity_tolerance")
+    __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget")
     OPSET_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_BATCH_FIELD_NUMBER: _ClassVar[int]
+    EXPORTER_FIELD_NUMBER: _ClassVar[int]
+    INT8_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     opset: int
     parity_tolerance: float
-    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ...) -> None: ...
+    dynamic_batch: bool
+    exporter: OnnxExporter
+    int8: bool
+    accuracy_budget: float
+    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., exporter: _Optional[_Union[OnnxExporter, str]] = ..., int8: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
     __slots__ = ("batch_sizes", "warmup_runs", "min_runs", "min_seconds", "num_threads")
@@ -631,7 +648,7 @@ class ModelCard(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Variant(_message.Message):
-    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency", "parameters", "macs", "top1_delta_vs_teacher", "device", "execution_provider")
+    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency", "parameters", "macs", "top1_delta_vs_teacher", "device", "execution_provider", "artifact", "recommended", "note")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -644,6 +661,9 @@ class Variant(_message.Message):
     TOP1_DELTA_VS_TEACHER_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     runtime: str
@@ -656,7 +676,10 @@ class Variant(_message.Message):
     top1_delta_vs_teacher: float
     device: str
     execution_provider: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., top1_delta_vs_teacher: _Optional[float] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ...) -> None: ...
+    artifact: str
+    recommended: bool
+    note: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., top1_delta_vs_teacher: _Optional[float] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., artifact: _Optional[str] = ..., recommended: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Accuracy(_message.Message):
     __slots__ = ("samples", "top1", "top5", "agreement_with_teacher")
@@ -717,18 +740,28 @@ class TrainingSummary(_message.Message):
     def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ...) -> None: ...
 
 class ExportSummary(_message.Message):
-    __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples")
+    __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact")
     OPSET_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
     PARITY_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     PARITY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PARITY_MAX_REL_DIFF_FIELD_NUMBER: _ClassVar[int]
+    PARITY_TOP1_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_BATCH_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     opset: int
     exporter: str
     parity_max_abs_diff: float
     parity_tolerance: float
     parity_samples: int
-    def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ...) -> None: ...
+    parity_max_rel_diff: float
+    parity_top1_mismatch: float
+    dynamic_batch: bool
+    accuracy_budget: float
+    bundle_artifact: str
+    def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ..., parity_max_rel_diff: _Optional[float] = ..., parity_top1_mismatch: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., bundle_artifact: _Optional[str] = ...) -> None: ...
 
 class Environment(_message.Message):
     __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers", "python_version", "platform")
