@@ -52,6 +52,13 @@ def _judge_precisions(report: pb.Report) -> None:
             f"{'within' if v.recommended else 'over'} the {budget:g}-point budget: "
             f"{abs(loss):.2f} points {'below' if loss >= 0 else 'above'} the FP32 student"
         )
+        same_runtime = next((r for r in report.variants if r.model == "student" and r.runtime == v.runtime
+                             and r.precision == "fp32" and r.execution_provider == v.execution_provider), None)
+        paired = [(lat, latency_at(same_runtime, lat.batch_size)) for lat in v.latency] if same_runtime else []
+        if paired and all(base is not None and lat.p50_ms > base.p50_ms for lat, base in paired):
+            # Tiny convolutions spend more on quantizing activations than they save: no reason to take it.
+            v.recommended = False
+            v.note += "; slower than the FP32 file at every batch size measured"
 
 
 def _pick(v: pb.Variant, lat: pb.Latency) -> pb.LatencyPick:

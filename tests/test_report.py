@@ -86,3 +86,22 @@ def test_without_labels_there_is_no_accuracy_plot_and_the_summary_says_so(report
     report_format.finish(report)
     assert report.summary.endswith("accuracy not measured (no labelled data)")
     assert to_html(report).count("<svg") == 1
+
+
+def test_reduced_precision_is_judged_on_accuracy_and_speed(report: pb.Report) -> None:
+    report.export.accuracy_budget = 1.0
+    fast_but_wrong = _variant("student", "onnxruntime", 96.0, {1: 0.3, 32: 4.0})
+    slow_but_right = _variant("student", "onnxruntime", 98.5, {1: 0.9, 32: 9.0})
+    good = _variant("student", "onnxruntime", 98.0, {1: 0.4, 32: 9.0})
+    for v, precision in ((fast_but_wrong, "int8 static"), (slow_but_right, "int8 dynamic"), (good, "int8 static")):
+        v.precision = precision
+        v.name = f"student / onnxruntime {precision}"
+    report.variants.extend([fast_but_wrong, slow_but_right, good])
+    report_format.finish(report)
+    verdicts = [(v.recommended, v.note) for v in report.variants[3:]]
+    assert verdicts[0] == (False, "over the 1-point budget: 2.50 points below the FP32 student")
+    assert verdicts[1][0] is False and verdicts[1][1].endswith("slower than the FP32 file at every batch size measured")
+    assert verdicts[2] == (True, "within the 1-point budget: 0.50 points below the FP32 student")
+    # The picks never name a variant the report does not recommend.
+    assert report.student_lowest_latency.variant == "student / onnxruntime int8 static"
+    assert report.student_lowest_latency.p50_ms == 0.4
