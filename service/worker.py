@@ -268,14 +268,7 @@ class Job:
         if handing_off:
             report.export.bundle_artifact = "bundle.zip"
         report_format.finish(report)
-        classes = splits.val.classes if splits else [str(c) for c in range(teacher.num_classes)]
-        normalization = splits.normalization if splits else None
-        handoff = bundle.Handoff(report, classes, normalization, teacher_row.sha256)
-        onnx_files = {v.artifact: self.files[v.artifact] for v in report.variants if v.artifact.endswith(".onnx")}
-        for name, path in onnx_files.items():
-            onnx_export.write_metadata(path, handoff.onnx_metadata(name))
-        if handing_off:
-            handoff.write_zip(self.artifact("bundle.zip"), onnx_files)
+        self.hand_off(report, splits, teacher.num_classes, teacher_row.sha256, with_bundle=handing_off)
         self.artifact("report.json").write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
         self.artifact("report.md").write_text(report_format.to_markdown(report))
         self.artifact("report.html").write_text(report_html.to_html(report))
@@ -284,6 +277,18 @@ class Job:
             self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
         self.checkpoint_path.unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def hand_off(
+        self, report: pb.Report, splits: Splits | None, num_classes: int, teacher_sha256: str, with_bundle: bool
+    ) -> None:
+        """metadata_props in every ONNX file this job made (never an uploaded one), then bundle.zip."""
+        classes = splits.val.classes if splits else [str(c) for c in range(num_classes)]
+        handoff = bundle.Handoff(report, classes, splits.normalization if splits else None, teacher_sha256)
+        onnx_files = {v.artifact: self.files[v.artifact] for v in report.variants if v.artifact.endswith(".onnx")}
+        for name, path in onnx_files.items():
+            onnx_export.write_metadata(path, handoff.onnx_metadata(name))
+        if with_bundle:
+            handoff.write_zip(self.artifact("bundle.zip"), onnx_files)
 
     def model_row(self, model_id: str, role: str) -> pb.Model:
         row = self.store.get_model(model_id)
