@@ -50,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = {"fp32": onnx_export.export_onnx(model, test[:2], Path(tmp) / "fp32.onnx").path}
         for kind in (quantize.STATIC, quantize.DYNAMIC):
-            files[kind] = quantize.quantize_int8(files["fp32"], Path(tmp) / f"{kind.replace(' ', '-')}.onnx", kind, calibration)
+            files[kind] = quantize.reduce_precision(files["fp32"], Path(tmp) / f"{kind.replace(' ', '-')}.onnx", kind, calibration)
         threads = torch.get_num_threads()
         top1 = {}
         for name, path in files.items():

@@ -1,4 +1,4 @@
-"""INT8 variants of an exported FP32 ONNX file, made with onnxruntime's quantization tools.
+"""Reduced-precision variants of an exported FP32 ONNX file, made with onnxruntime's tools.
 
 - static: QDQ format, weights int8 per output channel, activations uint8
   with ranges calibrated (min/max) on real inputs: validation images, or a
@@ -6,6 +6,9 @@
   as integer convolutions, and the one most edge runtimes accept.
 - dynamic: weights int8, activation ranges computed per call; no
   calibration data, but convolutions gain little from it.
+- fp16: weights and activations in half precision, float32 at the input and
+  output so callers feed the same arrays. For GPU targets: most CPUs run it
+  slower than FP32, and the report says so.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -25,12 +29,13 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from exporters.onnx_export import INPUT_NAME, check
 
 log = logging.getLogger(__name__)
 
-STATIC, DYNAMIC = "int8 static", "int8 dynamic"
+STATIC, DYNAMIC, FP16 = "int8 static", "int8 dynamic", "fp16"
 
 
 class _Calibration(CalibrationDataReader):
@@ -42,8 +47,14 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def quantize_int8(fp32: Path, out: Path, kind: str, calibration: Iterable[np.ndarray] = ()) -> Path:
-    """Write the ``kind`` (STATIC or DYNAMIC) INT8 version of ``fp32`` to ``out``; the file passes ``check``."""
+def reduce_precision(fp32: Path, out: Path, kind: str, calibration: Iterable[np.ndarray] = ()) -> Path:
+    """Write the ``kind`` (STATIC, DYNAMIC or FP16) version of ``fp32`` to ``out``; the file passes ``check``."""
+    if kind == FP16:
+        model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        _sort_topologically(model.graph)  # the converter appends its input casts last; the checker wants order
+        onnx.save(model, str(out))
+        check(out)
+        return out
     with tempfile.TemporaryDirectory() as tmp:
         # Shape inference and graph fusions first, as onnxruntime advises: quantizing
         # an unfused Conv+BatchNorm would put a quantize step between them.
@@ -67,3 +78,22 @@ def quantize_int8(fp32: Path, out: Path, kind: str, calibration: Iterable[np.nda
     check(out)
     log.info("%s: %s -> %s (%d -> %d bytes)", kind, fp32.name, out.name, fp32.stat().st_size, out.stat().st_size)
     return out
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise ValueError("the graph has a cycle or an input nothing produces")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -76,6 +76,7 @@ class ExportPlan:
     dynamic_batch: bool = True
     exporters: tuple[str, ...] = (onnx_export.DYNAMO, onnx_export.TORCHSCRIPT)  # tried in order
     int8: bool = True
+    fp16: bool = True
     accuracy_budget: float = 1.0  # top-1 points a variant may lose against the FP32 student
 
 
@@ -236,6 +237,7 @@ def _export_plan(e: pb.ExportSpec) -> ExportPlan:
         dynamic_batch=e.dynamic_batch if e.HasField("dynamic_batch") else True,
         exporters=_EXPORTERS[e.exporter],
         int8=e.int8 if e.HasField("int8") else True,
+        fp16=e.fp16 if e.HasField("fp16") else True,
         accuracy_budget=budget,
     )
 

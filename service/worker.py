@@ -470,18 +470,22 @@ class Job:
         fp32 = variants[-1]
         providers = [CPU_EP] + ([CUDA_EP] if CUDA_EP in onnxruntime.get_available_providers() else [])
         variants += [self.onnx_variant(fp32, "student.onnx", inputs, provider) for provider in providers]
-        if options.int8 and not plan.benchmark_only:  # a benchmark-only job measures the models it was given
-            # Calibration: the inputs the student is evaluated on (generated ones for a data-free job).
-            calibration = [x.numpy() for x in inputs.first(CALIBRATION_SAMPLES).split(64)]
-            for kind, name in ((quantize.STATIC, "student.int8.onnx"), (quantize.DYNAMIC, "student.int8-dynamic.onnx")):
-                try:
-                    quantize.quantize_int8(path, self.workdir / name, kind, calibration)
-                except Exception as e:  # an op onnxruntime cannot quantize: ship the rest, say why
-                    log.warning("%s failed", kind, exc_info=True)
-                    self.notes.append(f"no {kind} variant: {str(e).splitlines()[0][:300]}")
-                    continue
-                self.artifact(name)
-                variants.append(self.onnx_variant(fp32, name, inputs, CPU_EP, precision=kind))
+        reduced = []  # a benchmark-only job measures the models it was given, nothing more
+        if options.int8 and not plan.benchmark_only:
+            reduced += [(quantize.STATIC, "student.int8.onnx"), (quantize.DYNAMIC, "student.int8-dynamic.onnx")]
+        if options.fp16 and not plan.benchmark_only:
+            reduced.append((quantize.FP16, "student.fp16.onnx"))
+        # Calibration (static INT8): the inputs the student is evaluated on (generated ones for a data-free job).
+        calibration = [x.numpy() for x in inputs.first(CALIBRATION_SAMPLES).split(64)]
+        for kind, name in reduced:
+            try:
+                quantize.reduce_precision(path, self.workdir / name, kind, calibration)
+            except Exception as e:  # an op onnxruntime cannot convert: ship the rest, say why
+                log.warning("%s failed", kind, exc_info=True)
+                self.notes.append(f"no {kind} variant: {str(e).splitlines()[0][:300]}")
+                continue
+            self.artifact(name)
+            variants.append(self.onnx_variant(fp32, name, inputs, CPU_EP, precision=kind))
         return pb.ExportSummary(
             opset=exported.opset,
             exporter=exported.exporter,

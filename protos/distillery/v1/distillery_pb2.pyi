@@ -379,20 +379,22 @@ class TrainingSpec(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., seed: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget")
+    __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget", "fp16")
     OPSET_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     DYNAMIC_BATCH_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
     INT8_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    FP16_FIELD_NUMBER: _ClassVar[int]
     opset: int
     parity_tolerance: float
     dynamic_batch: bool
     exporter: OnnxExporter
     int8: bool
     accuracy_budget: float
-    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., exporter: _Optional[_Union[OnnxExporter, str]] = ..., int8: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ...) -> None: ...
+    fp16: bool
+    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., exporter: _Optional[_Union[OnnxExporter, str]] = ..., int8: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., fp16: _Optional[bool] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
     __slots__ = ("batch_sizes", "warmup_runs", "min_runs", "min_seconds", "num_threads")
