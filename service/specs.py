@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import data, losses, models
-from distill.benchmark import DEFAULT_BATCH_SIZES
+from distill.benchmark import DEFAULT_BATCH_SIZES, TimingPlan
 from distill.datafree import DataFreeConfig
 from distill.trainer import TrainConfig
 from exporters import onnx_export
@@ -62,10 +62,7 @@ class DatasetPlan:
 
 @dataclass(frozen=True)
 class BenchmarkPlan:
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    warmup_runs: int = 10
-    min_runs: int = 30
-    min_seconds: float = 1.0
+    timing: TimingPlan = TimingPlan()
     num_threads: int = 0  # 0: the worker's threads
 
 
@@ -190,13 +187,14 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
     _in_range(b.min_runs, 0, 100_000, "benchmark.min_runs")
     _in_range(b.min_seconds, 0, 60, "benchmark.min_seconds")
     _in_range(b.num_threads, 0, 1024, "benchmark.num_threads")
-    benchmark = BenchmarkPlan(
+    defaults = TimingPlan()
+    timing = TimingPlan(
         batch_sizes=batch_sizes,
-        warmup_runs=b.warmup_runs or 10,
-        min_runs=b.min_runs or 30,
-        min_seconds=b.min_seconds or 1.0,
-        num_threads=b.num_threads,
+        warmup_runs=b.warmup_runs or defaults.warmup_runs,
+        min_runs=b.min_runs or defaults.min_runs,
+        min_seconds=b.min_seconds or defaults.min_seconds,
     )
+    benchmark = BenchmarkPlan(timing, b.num_threads)
 
     return JobPlan(
         teacher_model_id=spec.teacher_model_id,

@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from torchvision.utils import save_image
 
 from distill import models
-from distill.benchmark import LatencyStats, Runner, TimingPlan, count_macs, count_parameters, measure_runners, torch_runner
+from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory
 from distill.data import ImageData, Normalization, Splits
 from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_generator, distil_data_free, resolve_method
@@ -542,11 +542,10 @@ class Job:
         threads = plan.num_threads or self.threads
         torch.set_num_threads(threads)
         self.threads = threads  # onnxruntime sessions opened from here on use the same count
-        timing = TimingPlan(plan.batch_sizes, plan.warmup_runs, plan.min_runs, plan.min_seconds)
         return measure_runners(
             {v.name: v.runner for v in variants},
             lambda batch_size: inputs.take(torch.arange(batch_size) % len(inputs)),
-            timing,
+            plan.timing,
             on_skip=lambda name, batch_size, why: self.notes.append(f"{name} skipped batch {batch_size} and larger: {why}"),
         )
 
@@ -566,20 +565,8 @@ class Job:
         report = pb.Report(
             job_id=self.job_id,
             kind=pb.JOB_KIND_BENCHMARK_ONLY if plan.benchmark_only else pb.JOB_KIND_DISTILLATION,
-            teacher=pb.ModelCard(
-                architecture=teacher.architecture,
-                parameters=teacher_card.parameters,
-                macs=teacher_card.macs,
-                num_classes=teacher.num_classes,
-                input_shape=shape,
-            ),
-            student=pb.ModelCard(
-                architecture=student.architecture,
-                parameters=student_card.parameters,
-                macs=student_card.macs,
-                num_classes=teacher.num_classes,
-                input_shape=shape,
-            ),
+            teacher=_model_card(teacher.architecture, teacher_card, teacher.num_classes, shape),
+            student=_model_card(student.architecture, student_card, teacher.num_classes, shape),
             environment=_environment(torch.get_num_threads()),
             notes=self.notes,
         )
@@ -638,6 +625,12 @@ def _input_shape(plan: specs.JobPlan, splits: Splits | None) -> tuple[int, int, 
         field_name = "data_free" if plan.data_free else "benchmark_only"
         raise ValueError(f"{field_name}.input_shape {given} differs from the dataset's images {splits.train.input_shape}")
     return splits.train.input_shape
+
+
+def _model_card(architecture: str, variant: Variant, num_classes: int, shape: tuple[int, int, int]) -> pb.ModelCard:
+    return pb.ModelCard(
+        architecture=architecture, parameters=variant.parameters, macs=variant.macs, num_classes=num_classes, input_shape=shape
+    )
 
 
 def _macs(model: torch.nn.Module, shape: tuple[int, int, int], device: str) -> int:

@@ -54,7 +54,7 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
     )
     plan = specs.plan(spec, (tmp_path,), cuda_available=True)
     assert plan.training.epochs == 10 and plan.training.lr == 0.05 and plan.training.device == "cuda"
-    assert plan.benchmark.batch_sizes == (1, 8, 32, 128) and plan.export == specs.ExportPlan()
+    assert plan.benchmark.timing.batch_sizes == (1, 8, 32, 128) and plan.export == specs.ExportPlan()
     assert plan.dataset.generated["train_size"] == 6000
 
 
