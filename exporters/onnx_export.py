@@ -125,10 +125,6 @@ def session(path: Path, num_threads: int = 0, providers: list[str] | None = None
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def run(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-
-
 def write_metadata(path: Path, props: dict[str, str]) -> None:
     """Set ``metadata_props`` (what onnxruntime shows as ``custom_metadata_map``); the graph is untouched."""
     model = onnx.load(str(path))
@@ -145,12 +141,23 @@ def static_batch(sess: ort.InferenceSession) -> int | None:
 
 
 def predict(sess: ort.InferenceSession, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """The first output for every input, in order; a static-batch file is fed one batch of its size at a time."""
+    """The first output for every input, in order.
+
+    A file exported for a fixed batch size is fed chunks of that size, the
+    last one padded with zeros (and the padding's outputs dropped).
+    """
     run, size = runner(sess), static_batch(sess)
     outputs = []
     for batch in batches:
-        chunks = [batch] if size is None else [batch[i : i + size] for i in range(0, len(batch), size)]
-        outputs += [run(chunk) for chunk in chunks]
+        if size is None:
+            outputs.append(run(batch))
+            continue
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            n = len(chunk)
+            if n < size:
+                chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), chunk.dtype)])
+            outputs.append(run(chunk)[:n])
     return np.concatenate(outputs)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from distill.loading import ModelFileError, Teacher, describe_teacher
-from exporters.onnx_export import session
+from exporters.onnx_export import predict, session
 
 ONNX = "onnx"
 
@@ -38,27 +38,11 @@ class OnnxTeacher(nn.Module):
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelFileError(f"the ONNX teacher must take one input, it takes {len(inputs)}")
-        self.input_name = inputs[0].name
-        batch = inputs[0].shape[0]
-        self.static_batch = batch if isinstance(batch, int) and batch > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().float().cpu().numpy()
-        if self.static_batch is None:
-            out = self._run(array)
-        else:  # a file exported for one batch size: run in chunks, padding the last
-            chunks = []
-            for start in range(0, len(array), self.static_batch):
-                chunk = array[start : start + self.static_batch]
-                n = len(chunk)
-                if n < self.static_batch:
-                    chunk = np.concatenate([chunk, np.zeros((self.static_batch - n, *chunk.shape[1:]), chunk.dtype)])
-                chunks.append(self._run(chunk)[:n])
-            out = np.concatenate(chunks)
+        # A file exported for one batch size is run in chunks of it (onnx_export.predict pads the last).
+        out = predict(self.session, [x.detach().float().cpu().numpy()])
         return torch.from_numpy(out).to(x.device)
-
-    def _run(self, array: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: array})[0]
 
 
 def load_onnx_teacher(path: Path, input_shape: tuple[int, int, int], num_threads: int = 0) -> Teacher:

@@ -248,8 +248,9 @@ class Job:
                 self.save_student(plan, student.model, teacher.num_classes, input_shape, splits)
             student.model.to(device)
             size = (student.file or self.files["student.pt"]).stat().st_size
-            variants.append(self.torch_variant("student", student.model, student_logits, size, input_shape, device))
-            variants[-1].artifact = "" if student.file else "student.pt"
+            artifact = "" if student.file else "student.pt"
+            variants.append(self.torch_variant("student", student.model, student_logits, size, input_shape, device,
+                                               artifact=artifact))
             export = self.export(plan, student, inputs, variants)  # exports from the CPU
             student.model.to(device)
 
@@ -521,6 +522,7 @@ class Job:
         shape: tuple[int, int, int],
         device: str,
         onnx: bool = False,
+        artifact: str = "",
     ) -> Variant:
         """A model as loaded: PyTorch, or an uploaded ONNX file run by onnxruntime behind a module."""
         if onnx:
@@ -533,7 +535,7 @@ class Job:
             on_cuda=device.startswith("cuda"),
         )
         return Variant(role, "onnxruntime" if onnx else "pytorch", runner, logits, file_size, parameters, macs, device,
-                       CPU_EP if onnx else "")
+                       CPU_EP if onnx else "", artifact=artifact)
 
     def benchmark(
         self, plan: specs.BenchmarkPlan, variants: list[Variant], inputs: EvalInputs

@@ -20,7 +20,7 @@ def test_export_runs_any_batch_within_tolerance(tmp_path: Path, architecture: st
     session = onnx_export.session(result.path)
     for batch in (1, 7):
         x = torch.randn(batch, 3, 32, 32)
-        out = onnx_export.run(session, x.numpy())
+        out = onnx_export.runner(session)(x.numpy())
         assert out.shape == (batch, 10)
     parity = onnx_export.validate(session, model, torch.randn(50, 3, 32, 32), tolerance=1e-4)
     assert parity.max_abs_diff <= 1e-4 and parity.samples == 50 and parity.top1_mismatch == 0
@@ -40,7 +40,7 @@ def test_onnx_matches_torch_numerically(tmp_path: Path) -> None:
     x = torch.randn(16, 1, 28, 28)
     with torch.inference_mode():
         expected = model(x).numpy()
-    np.testing.assert_allclose(onnx_export.run(onnx_export.session(path), x.numpy()), expected, atol=1e-4)
+    np.testing.assert_allclose(onnx_export.runner(onnx_export.session(path))(x.numpy()), expected, atol=1e-4)
 
 
 def test_onnx_teacher_is_detected_and_runs_any_batch(tmp_path: Path) -> None:
