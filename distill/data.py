@@ -78,6 +78,13 @@ class Normalization:
         return (images.float().div_(255) - mean) / std
 
 
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased like Pillow's BILINEAR, so a deployed model sees what it was evaluated on."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
 @dataclass
 class Splits:
     """Train and validation splits and the normalisation the teacher expects.

@@ -75,6 +75,7 @@ class ExportPlan:
     int8: bool = True
     fp16: bool = True
     accuracy_budget: float = 1.0  # top-1 points a variant may lose against the FP32 student
+    input_size: tuple[int, int] | None = None  # (height, width) of the ONNX input; None: the training size
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,11 @@ def _export_plan(e: pb.ExportSpec) -> ExportPlan:
         raise InvalidArgument(f"export.exporter {e.exporter} is unknown")
     budget = _digits(e.accuracy_budget) if e.HasField("accuracy_budget") else 1.0
     _in_range(budget, 0, 100, "export.accuracy_budget")
+    input_size = None
+    if e.HasField("input_size"):
+        _in_range(e.input_size.height, 8, 1024, "export.input_size.height")
+        _in_range(e.input_size.width, 8, 1024, "export.input_size.width")
+        input_size = (e.input_size.height, e.input_size.width)
     return ExportPlan(
         opset=opset,
         parity_tolerance=tolerance,
@@ -237,6 +243,7 @@ def _export_plan(e: pb.ExportSpec) -> ExportPlan:
         int8=e.int8 if e.HasField("int8") else True,
         fp16=e.fp16 if e.HasField("fp16") else True,
         accuracy_budget=budget,
+        input_size=input_size,
     )
 
 
@@ -249,6 +256,8 @@ def _benchmark_only_plan(spec: pb.JobSpec) -> BenchmarkOnlyPlan:
         unused.append("losses")
     if unused:
         raise InvalidArgument(f"a benchmark_only job trains nothing: leave {', '.join(unused)} unset")
+    if spec.export.HasField("input_size"):
+        raise InvalidArgument("export.input_size does not apply to a benchmark_only job: it times the models as given")
     if not b.HasField("input_shape") and not spec.HasField("dataset"):
         raise InvalidArgument("benchmark_only.input_shape is required when there is no dataset to take it from")
     shape = _input_shape(b.input_shape, "benchmark_only.input_shape") if b.HasField("input_shape") else None

@@ -31,7 +31,7 @@ from torchvision.utils import save_image
 from distill import models
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory
-from distill.data import ImageData, Normalization, Splits
+from distill.data import ImageData, Normalization, Splits, resize
 from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_generator, distil_data_free, resolve_method
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
 from distill.loading import STATE_DICT, ModelFileError, Teacher
@@ -97,6 +97,14 @@ class EvalInputs:
 
     val: ImageData | torch.Tensor
     normalization: Normalization | None = None
+    size: tuple[int, int] | None = None  # (height, width) to resize to; None: as they are
+
+    def resized(self, size: tuple[int, int]) -> EvalInputs:
+        return EvalInputs(self.val, self.normalization, size)
+
+    def fit(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of the native inputs at this view's size."""
+        return resize(batch, self.size) if self.size else batch
 
     @property
     def labels(self) -> torch.Tensor | None:
@@ -108,8 +116,8 @@ class EvalInputs:
     def take(self, index: torch.Tensor) -> torch.Tensor:
         if isinstance(self.val, ImageData):
             assert self.normalization is not None
-            return self.normalization.apply(self.val.images[index])
-        return self.val[index]
+            return self.fit(self.normalization.apply(self.val.images[index]))
+        return self.fit(self.val[index])
 
     def first(self, count: int) -> torch.Tensor:
         return self.take(torch.arange(min(count, len(self))))
@@ -228,7 +236,10 @@ class Job:
         else:  # a benchmark-only job without data: latency on random inputs, no accuracy
             inputs = EvalInputs(torch.randn(PARITY_SAMPLES, *input_shape, generator=torch.Generator().manual_seed(0)))
         teacher_logits = predict(teacher.model, inputs.batches(), device)
-        student_logits = predict(student.model, inputs.batches(), device)
+        # The student is evaluated, exported and timed at the size it will be deployed at.
+        student_shape = (input_shape[0], *(plan.export.input_size or input_shape[1:]))
+        student_inputs = inputs.resized(student_shape[1:]) if student_shape != input_shape else inputs
+        student_logits = self.student_logits(student, student_inputs, student_shape != input_shape, device)
         if student.training is not None:
             student.training.val_samples = len(inputs) if inputs.labels is not None else 0
 
@@ -241,7 +252,7 @@ class Job:
         if student.is_onnx:
             assert student.file is not None
             variants.append(self.torch_variant("student", student.model, student_logits, student.file.stat().st_size,
-                                               input_shape, "cpu", onnx=True))
+                                               student_shape, "cpu", onnx=True))
             export = None
         else:
             if student.file is None:
@@ -249,16 +260,16 @@ class Job:
             student.model.to(device)
             size = (student.file or self.files["student.pt"]).stat().st_size
             artifact = "" if student.file else "student.pt"
-            variants.append(self.torch_variant("student", student.model, student_logits, size, input_shape, device,
-                                               artifact=artifact))
-            export = self.export(plan, student, inputs, variants)  # exports from the CPU
+            variants.append(self.torch_variant("student", student.model, student_logits, size, student_shape, device,
+                                               artifact=artifact, inputs=student_inputs))
+            export = self.export(plan, student, student_inputs, variants)  # exports from the CPU
             student.model.to(device)
 
         self.stage("benchmark")
         latency = self.benchmark(plan.benchmark, variants, inputs)
 
         self.stage("report")
-        report = self.build_report(plan, teacher, student, input_shape, variants, inputs, latency)
+        report = self.build_report(plan, teacher, student, input_shape, student_shape, variants, inputs, latency)
         if student.training is not None:
             report.training.CopyFrom(student.training)
         if export is not None:
@@ -326,6 +337,18 @@ class Job:
             assert splits is not None
             student.training = self.distil_with_data(plan, teacher, student.model, splits, resume)
         return student
+
+    def student_logits(self, student: Student, inputs: EvalInputs, resized: bool, device: str) -> torch.Tensor:
+        try:
+            return predict(student.model, inputs.batches(), device)
+        except RuntimeError as e:
+            if not resized:
+                raise
+            assert inputs.size is not None
+            raise ValueError(
+                f"the student ({student.architecture}) cannot take {inputs.size[0]}x{inputs.size[1]} inputs "
+                f"(export.input_size); leave it unset or pick a student with global pooling: {str(e).splitlines()[0]}"
+            ) from e
 
     def load_uploaded_student(self, model_id: str, input_shape: tuple[int, int, int], num_classes: int) -> Student:
         row = self.model_row(model_id, "student")
@@ -497,6 +520,7 @@ class Job:
             parity_samples=parity.samples,
             dynamic_batch=options.dynamic_batch,
             accuracy_budget=options.accuracy_budget,
+            input_shape=parity_inputs.shape[1:],
         )
 
     def onnx_variant(self, fp32: Variant, name: str, inputs: EvalInputs, provider: str, precision: str = "fp32") -> Variant:
@@ -506,7 +530,7 @@ class Job:
         logits = torch.from_numpy(onnx_export.predict(session, (x.numpy() for x in inputs.batches())))
         runner = Runner(
             open=lambda: onnx_export.runner(onnx_export.session(path, self.threads, [provider])),
-            prepare=lambda batch: batch.numpy(),
+            prepare=lambda batch: inputs.fit(batch).numpy(),
             max_batch=onnx_export.static_batch(session),
         )
         device = "cuda" if provider == CUDA_EP else "cpu"
@@ -523,15 +547,19 @@ class Job:
         device: str,
         onnx: bool = False,
         artifact: str = "",
+        inputs: EvalInputs | None = None,
     ) -> Variant:
-        """A model as loaded: PyTorch, or an uploaded ONNX file run by onnxruntime behind a module."""
+        """A model as loaded: PyTorch, or an uploaded ONNX file run by onnxruntime behind a module.
+
+        ``inputs``: the view of the evaluation inputs it is timed on, when not the native one.
+        """
         if onnx:
             parameters, macs, device = onnx_teacher.parameter_count(model), 0, "cpu"
         else:
             parameters, macs = count_parameters(model), _macs(model, shape, device)
         runner = Runner(
             open=lambda: torch_runner(model),
-            prepare=lambda batch: batch.to(device),
+            prepare=lambda batch: (inputs.fit(batch) if inputs else batch).to(device),
             on_cuda=device.startswith("cuda"),
         )
         return Variant(role, "onnxruntime" if onnx else "pytorch", runner, logits, file_size, parameters, macs, device,
@@ -557,6 +585,7 @@ class Job:
         teacher: Teacher,
         student: Student,
         shape: tuple[int, int, int],
+        student_shape: tuple[int, int, int],
         variants: list[Variant],
         inputs: EvalInputs,
         latency: dict[str, list[LatencyStats]],
@@ -568,7 +597,7 @@ class Job:
             job_id=self.job_id,
             kind=pb.JOB_KIND_BENCHMARK_ONLY if plan.benchmark_only else pb.JOB_KIND_DISTILLATION,
             teacher=_model_card(teacher.architecture, teacher_card, teacher.num_classes, shape),
-            student=_model_card(student.architecture, student_card, teacher.num_classes, shape),
+            student=_model_card(student.architecture, student_card, teacher.num_classes, student_shape),
             environment=_environment(torch.get_num_threads()),
             notes=self.notes,
         )

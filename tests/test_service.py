@@ -472,3 +472,27 @@ def _python_without_torch(root: Path) -> str:
     probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
     return python
+
+
+def test_export_input_size_resizes_what_the_student_is_measured_and_shipped_at(
+    client: Client, teacher_model: pb.Model, tmp_path: Path
+) -> None:
+    spec = tiny_spec(teacher_model.id)
+    spec.export.input_size.height, spec.export.input_size.width = 36, 32  # trained at 28x28
+    spec.export.fp16 = False
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    report = client.report(job.id)
+    assert list(report.export.input_shape) == list(report.student.input_shape) == [1, 36, 32]
+    assert list(report.teacher.input_shape) == [1, 28, 28]
+    session = ort.InferenceSession(str(client.download(job.id, "student.onnx", tmp_path)))
+    assert session.get_inputs()[0].shape[1:] == [1, 36, 32]
+    student = next(v for v in report.variants if v.name == "student / onnxruntime")
+    assert student.accuracy.samples == TINY_DATA["val_size"] and student.accuracy.top1 > 50
+    assert json.loads(session.get_modelmeta().custom_metadata_map["distillery.preprocess"])["height"] == 36
+
+    spec.export.input_size.height = spec.export.input_size.width = 8  # LeNet's 5x5 convs need more than 8 px
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_FAILED
+    assert job.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "cannot take 8x8 inputs (export.input_size)" in job.error.message

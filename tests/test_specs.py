@@ -71,6 +71,7 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
         (lambda s: s.export.__setattr__("opset", 7), "export.opset"),
         (lambda s: s.export.__setattr__("accuracy_budget", -1), "export.accuracy_budget"),
         (lambda s: s.export.__setattr__("exporter", 9), "export.exporter"),
+        (lambda s: s.export.input_size.__setattr__("width", 32), r"export.input_size.height must be in \[8, 1024\], got 0"),
         (lambda s: s.benchmark.batch_sizes.append(0), "batch_sizes"),
         (lambda s: s.dataset.generated.__setattr__("num_classes", 50), "num_classes"),
         (lambda s: s.dataset.mean.extend([0.5, 0.5]), "mean"),
@@ -107,6 +108,7 @@ def test_benchmark_only_needs_no_student_architecture_and_no_dataset(tmp_path: P
         (lambda s: s.training.__setattr__("epochs", 3), "leave training unset"),
         (lambda s: s.benchmark_only.ClearField("input_shape"), "input_shape is required"),
         (lambda s: s.benchmark_only.input_shape.__setattr__("channels", 2), "input_shape.channels"),
+        (lambda s: s.export.input_size.__setattr__("height", 32), "input_size does not apply"),
     ],
 )
 def test_bad_benchmark_only_specs_are_named(tmp_path: Path, mutate, message: str) -> None:

@@ -379,7 +379,7 @@ class TrainingSpec(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., seed: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget", "fp16")
+    __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget", "fp16", "input_size")
     OPSET_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     DYNAMIC_BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +387,7 @@ class ExportSpec(_message.Message):
     INT8_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     FP16_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     opset: int
     parity_tolerance: float
     dynamic_batch: bool
@@ -394,7 +395,16 @@ class ExportSpec(_message.Message):
     int8: bool
     accuracy_budget: float
     fp16: bool
-    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., exporter: _Optional[_Union[OnnxExporter, str]] = ..., int8: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., fp16: _Optional[bool] = ...) -> None: ...
+    input_size: ImageSize
+    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., exporter: _Optional[_Union[OnnxExporter, str]] = ..., int8: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., fp16: _Optional[bool] = ..., input_size: _Optional[_Union[ImageSize, _Mapping]] = ...) -> None: ...
+
+class ImageSize(_message.Message):
+    __slots__ = ("height", "width")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
     __slots__ = ("batch_sizes", "warmup_runs", "min_runs", "min_seconds", "num_threads")
@@ -742,7 +752,7 @@ class TrainingSummary(_message.Message):
     def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ...) -> None: ...
 
 class ExportSummary(_message.Message):
-    __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact")
+    __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact", "input_shape")
     OPSET_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
     PARITY_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
@@ -753,6 +763,7 @@ class ExportSummary(_message.Message):
     DYNAMIC_BATCH_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     opset: int
     exporter: str
     parity_max_abs_diff: float
@@ -763,7 +774,8 @@ class ExportSummary(_message.Message):
     dynamic_batch: bool
     accuracy_budget: float
     bundle_artifact: str
-    def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ..., parity_max_rel_diff: _Optional[float] = ..., parity_top1_mismatch: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., bundle_artifact: _Optional[str] = ...) -> None: ...
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ..., parity_max_rel_diff: _Optional[float] = ..., parity_top1_mismatch: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., bundle_artifact: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Environment(_message.Message):
     __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers", "python_version", "platform")
