@@ -32,7 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.trainer import CheckpointFn, Progress, ProgressFn, TrainingDivergedError, _autocast, predict
+from distill.trainer import (
+    CheckpointFn,
+    Progress,
+    ProgressFn,
+    StopFn,
+    TrainingDivergedError,
+    _autocast,
+    checkpoint_or_stop,
+    predict,
+)
 
 METHODS = ("auto", "dfad", "bn_prior")
 
@@ -196,6 +205,7 @@ def distil_data_free(
     on_progress: ProgressFn | None = None,
     on_checkpoint: CheckpointFn | None = None,
     resume_from: dict[str, Any] | None = None,
+    stop_requested: StopFn | None = None,
 ) -> DataFreeResult:
     """Train ``student`` in place from ``teacher`` alone; returns when the iteration budget is spent.
 
@@ -259,18 +269,21 @@ def distil_data_free(
             if on_progress and (now - last_report >= 0.5 or step == config.iterations):
                 on_progress(Progress(step, config.iterations, epoch=0, loss=window_loss / window_steps))
                 window_loss, window_steps, last_report = 0.0, 0, now
-            if on_checkpoint and step % config.checkpoint_interval_steps == 0 and step < config.iterations:
-                on_checkpoint(
-                    {
-                        "step": step,
-                        "student": student.state_dict(),
-                        "generator": generator.state_dict(),
-                        "student_optimizer": student_opt.state_dict(),
-                        "generator_optimizer": generator_opt.state_dict(),
-                        "schedules": [s.state_dict() for s in schedules],
-                        "rng": torch.get_rng_state(),
-                    }
-                )
+            checkpoint_or_stop(
+                step,
+                config.iterations,
+                config.checkpoint_interval_steps,
+                on_checkpoint,
+                stop_requested,
+                lambda: {
+                    "student": student.state_dict(),
+                    "generator": generator.state_dict(),
+                    "student_optimizer": student_opt.state_dict(),
+                    "generator_optimizer": generator_opt.state_dict(),
+                    "schedules": [s.state_dict() for s in schedules],
+                    "rng": torch.get_rng_state(),
+                },
+            )
     finally:
         if prior is not None:
             prior.remove()

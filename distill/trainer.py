@@ -91,6 +91,30 @@ class TrainResult:
 ProgressFn = Callable[[Progress], None]
 # Receives the live training state (its tensors keep changing): persist it before returning.
 CheckpointFn = Callable[[dict[str, Any]], None]
+# Polled after every step; True asks training to checkpoint and stop (a server draining).
+StopFn = Callable[[], bool]
+
+
+class Interrupted(Exception):
+    """Training stopped on request at a step boundary, after its checkpoint was handed over."""
+
+
+def checkpoint_or_stop(
+    step: int,
+    total_steps: int,
+    interval: int,
+    on_checkpoint: CheckpointFn | None,
+    stop_requested: StopFn | None,
+    state: Callable[[], dict[str, Any]],
+) -> None:
+    """After ``step``: checkpoint every ``interval`` steps; on a stop request, checkpoint now and raise Interrupted."""
+    if step >= total_steps:
+        return  # finished: nothing left to resume
+    stopping = stop_requested is not None and stop_requested()
+    if on_checkpoint and (stopping or step % interval == 0):
+        on_checkpoint({"step": step, **state()})
+    if stopping:
+        raise Interrupted(f"stopped at step {step} of {total_steps}")
 
 # Teacher logits are cached when they take at most this much memory.
 _LOGIT_CACHE_BYTES = 1 << 30
@@ -135,6 +159,7 @@ def distil(
     on_progress: ProgressFn | None = None,
     on_checkpoint: CheckpointFn | None = None,
     resume_from: dict[str, Any] | None = None,
+    stop_requested: StopFn | None = None,
 ) -> TrainResult:
     """Train ``student`` in place; returns when the step budget is spent.
 
@@ -213,22 +238,28 @@ def distil(
                 window_loss += step_loss
                 window_steps += 1
                 if not math.isfinite(window_loss):
-                    raise TrainingDivergedError(f"loss became {window_loss} at step {step}; lower the learning rate")
+                    advice = (
+                        "the teacher's outputs or the inputs are not finite" if step == 1 else "lower the learning rate"
+                    )
+                    raise TrainingDivergedError(f"loss became {window_loss} at step {step}; {advice}")
                 now = time.perf_counter()
                 at_boundary = step % steps_per_epoch == 0 or step in (pretrain_steps, total_steps)
                 if on_progress and (now - last_report >= 0.5 or at_boundary):
                     on_progress(Progress(step, total_steps, epoch, window_loss / window_steps, pretraining))
                     window_loss, window_steps, last_report = 0.0, 0, now
-                if on_checkpoint and step % config.checkpoint_interval_steps == 0 and step < total_steps:
-                    on_checkpoint(
-                        {
-                            "step": step,
-                            "student": student.state_dict(),
-                            "loss": loss_fn.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(),
-                        }
-                    )
+                checkpoint_or_stop(
+                    step,
+                    total_steps,
+                    config.checkpoint_interval_steps,
+                    on_checkpoint,
+                    stop_requested,
+                    lambda: {
+                        "student": student.state_dict(),
+                        "loss": loss_fn.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                    },
+                )
                 if step == pretrain_steps and pretraining:
                     break  # stage one ends here, mid-epoch if need be
             final_loss = epoch_loss / max(1, steps_per_epoch - offset)

@@ -23,9 +23,12 @@ DEFAULT_ADDRESS = os.environ.get("DISTILLERY_ADDRESS", "localhost:50051")
 
 
 def _client(args: argparse.Namespace):
+    from service.auth import read_token
     from service.client import Client
 
-    return Client(args.address)
+    token = read_token(Path(args.token_file)) if args.token_file else ""
+    tls_ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    return Client(args.address, token=token, tls_ca=tls_ca)
 
 
 # ---------------------------------------------------------------- commands
@@ -45,6 +48,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queued_jobs=args.max_queued_jobs,
         max_upload_bytes=args.max_upload_bytes,
         worker_threads=args.worker_threads,
+        max_message_bytes=args.max_message_bytes,
+        job_time_limit_s=args.job_time_limit,
+        drain_timeout_s=args.drain_timeout,
+        auth_token_file=args.auth_token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     asyncio.run(serve(config))
     return 0
@@ -230,6 +239,10 @@ class ProgressBar:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distillery", description=__doc__)
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="server address (env DISTILLERY_ADDRESS)")
+    p.add_argument("--token-file", default=os.environ.get("DISTILLERY_TOKEN_FILE"),
+                   help="send the bearer token in this file (env DISTILLERY_TOKEN_FILE)")
+    p.add_argument("--tls-ca", default=os.environ.get("DISTILLERY_TLS_CA"),
+                   help="connect with TLS, trusting this PEM CA or self-signed certificate (env DISTILLERY_TLS_CA)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server")
@@ -241,6 +254,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queued-jobs", type=int, default=100)
     s.add_argument("--max-upload-bytes", type=int, default=2 << 30)
     s.add_argument("--worker-threads", type=int, default=0, help="intra-op threads per job; 0: cores / concurrent jobs")
+    s.add_argument("--max-message-bytes", type=int, default=8 << 20, help="largest gRPC message; files stream in 1 MiB chunks")
+    s.add_argument("--job-time-limit", type=float, default=24 * 3600, help="seconds a job may run; 0: no limit")
+    s.add_argument("--drain-timeout", type=float, default=20.0, help="on SIGTERM, seconds running jobs get to checkpoint")
+    s.add_argument("--auth-token-file", type=Path, help="require this bearer token on every RPC but health")
+    s.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate (with --tls-key)")
+    s.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("upload", help="upload a teacher; prints its model id")

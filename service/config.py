@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -23,14 +23,26 @@ class ServerConfig:
     # Intra-op threads of each worker; 0 = all cores divided among running jobs.
     worker_threads: int = 0
     poll_interval_s: float = 0.2
-    extra_worker_env: dict[str, str] = field(default_factory=dict)
+    # A job running longer than this is ended (FAILED, RESOURCE_EXHAUSTED); 0: no limit.
+    job_time_limit_s: float = 24 * 3600
+    # On SIGTERM, running jobs get this long to checkpoint before they are killed.
+    drain_timeout_s: float = 20.0
+    # Security: a bearer token every RPC but health must carry; TLS with this certificate and key.
+    auth_token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
         roots = self.data_roots or (self.data_dir / "datasets",)
         object.__setattr__(self, "data_roots", tuple(Path(r).resolve() for r in roots))
-        if self.max_concurrent_jobs < 1:
-            raise ValueError("max_concurrent_jobs must be at least 1")
+        for name in ("max_concurrent_jobs", "max_queued_jobs", "max_upload_bytes", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        if self.job_time_limit_s < 0 or self.drain_timeout_s < 0:
+            raise ValueError("time limits must not be negative")
 
     @property
     def db_path(self) -> Path:

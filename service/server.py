@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.distillery.v1 import distillery_pb2 as pb
 from protos.distillery.v1 import distillery_pb2_grpc as pb_grpc
+from service.auth import BearerTokenInterceptor, read_token
 from service.config import ServerConfig
 from service.servicer import DistillationServicer
 from service.store import Store
@@ -36,11 +37,13 @@ async def serve(config: ServerConfig) -> None:
     supervisor.recover()
 
     message_limit = config.max_message_bytes
+    interceptors = [BearerTokenInterceptor(read_token(config.auth_token_file))] if config.auth_token_file else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
-        ]
+        ],
     )
     pb_grpc.add_DistillationServiceServicer_to_server(DistillationServicer(config, store, supervisor), server)
     health_servicer = health.aio.HealthServicer()
@@ -48,13 +51,25 @@ async def serve(config: ServerConfig) -> None:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert and config.tls_key:
+        credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     supervisor_task = asyncio.create_task(supervisor.run())
     print(f"{READY_PREFIX}{port}", flush=True)
-    log.info("serving on %s:%d, data in %s", config.host, port, config.data_dir)
+    log.info(
+        "serving on %s:%d (%s, %s), data in %s",
+        config.host,
+        port,
+        "TLS" if config.tls_cert else "plaintext",
+        "bearer token required" if interceptors else "no authentication",
+        config.data_dir,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from multiprocessing.process import BaseProcess
 
 import grpc
@@ -41,6 +42,7 @@ class Supervisor:
         self.config = config
         self.store = store
         self.running: dict[str, BaseProcess] = {}
+        self.started: dict[str, float] = {}  # job id -> time.monotonic() at start
         self.accepting = True
         self._context = multiprocessing.get_context("spawn")
         self._changed = asyncio.Event()
@@ -64,10 +66,20 @@ class Supervisor:
                 pass
 
     def tick(self) -> None:
+        limit = self.config.job_time_limit_s
         for job_id, process in list(self.running.items()):
+            if limit and process.is_alive() and time.monotonic() - self.started[job_id] > limit:
+                self._kill_now(process)
+                self.store.transition(
+                    job_id,
+                    pb.JOB_STATE_FAILED,
+                    f"the job ran longer than this server's time limit of {limit:g} s (--job-time-limit)",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                )
             if not process.is_alive():
                 process.join()
                 del self.running[job_id]
+                del self.started[job_id]
                 job = self.store.get_job(job_id)
                 if job is not None and job.state not in TERMINAL_STATES:
                     self.store.transition(
@@ -78,7 +90,7 @@ class Supervisor:
             if job_id is None or not self.store.transition(job_id, pb.JOB_STATE_RUNNING, "started"):
                 break
             process = self._context.Process(
-                target=worker.main, args=(self.config, job_id), name=f"distillery-worker-{job_id}"
+                target=worker.main, args=(self.config, job_id, os.getpid()), name=f"distillery-worker-{job_id}"
             )
             try:
                 process.start()
@@ -88,6 +100,7 @@ class Supervisor:
                 )
                 continue
             self.running[job_id] = process
+            self.started[job_id] = time.monotonic()
             log.info("job %s started in worker pid %s", job_id, process.pid)
         watermark = self.store.event_watermark()
         if watermark != self._watermark:
@@ -109,27 +122,45 @@ class Supervisor:
         ):
             return False
         process = self.running.pop(job_id, None)
+        self.started.pop(job_id, None)
         if process is not None:
-            await self._kill(process)
+            self._kill_now(process)
+            await asyncio.to_thread(process.join, 10)
         (self.config.checkpoints_dir / f"{job_id}.pt").unlink(missing_ok=True)
         return True
 
     async def shutdown(self) -> None:
-        """Stop starting jobs; running ones go back to the queue and resume on the next start."""
+        """Stop starting jobs; running ones checkpoint, go back to the queue, and resume on the next start.
+
+        Workers get SIGTERM and ``drain_timeout_s`` to stop at a step boundary
+        (they checkpoint first); any still running then is killed, and resumes
+        from its last periodic checkpoint instead.
+        """
         self.accepting = False
         self._stopped.set()
-        for job_id, process in list(self.running.items()):
-            await self._kill(process)
+        for process in self.running.values():
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        for job_id, process in self.running.items():
+            await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("job %s did not stop within %g s; killing it", job_id, self.config.drain_timeout_s)
+                self._kill_now(process)
+                await asyncio.to_thread(process.join, 10)
+            # A job that ended meanwhile keeps its ending: transition() never reopens one.
             self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued: the server is shutting down")
         self.running.clear()
+        self.started.clear()
         self._changed.set()
 
     @staticmethod
-    async def _kill(process: BaseProcess) -> None:
+    def _kill_now(process: BaseProcess) -> None:
         # The worker leads its own process group; killing the group ends its children too.
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         process.kill()  # in case it had not reached setpgrp yet
-        await asyncio.to_thread(process.join, 10)

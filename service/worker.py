@@ -12,12 +12,15 @@ supervisor sees the exit and fails the job.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
 import shutil
 import signal
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_ge
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
 from distill.loading import STATE_DICT, ModelFileError, Teacher
 from distill.losses import build_loss
-from distill.trainer import Progress, distil, predict
+from distill.trainer import Interrupted, Progress, distil, predict
 from exporters import onnx_export, onnx_teacher, quantize
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import report as report_format
@@ -64,28 +67,85 @@ CALIBRATION_SAMPLES = 512  # INT8 activation ranges: min/max over this many eval
 CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
-def main(config: ServerConfig, job_id: str) -> None:
+# Exit status of a worker that stopped for a drain (EX_TEMPFAIL): its job goes back to the queue.
+EXIT_INTERRUPTED = 75
+_PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+
+
+def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
     """Process entry point (spawned by the supervisor)."""
     # Own process group: cancelling kills the worker and anything it started.
     os.setpgrp()
+    _die_with_server(server_pid)
     # The parent owns shutdown; a Ctrl-C in the terminal must not kill jobs half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = StopRequest()
     logging.basicConfig(
         filename=config.logs_dir / f"{job_id}.log",
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    log.info("job %s in worker pid %d", job_id, os.getpid())
     torch.set_num_threads(config.threads_per_worker())
     keep_freed_memory()  # the same large activations every step: reuse their pages (see distill/allocator.py)
     store = Store(config.db_path)
     try:
-        Job(config, store, job_id).run()
+        Job(config, store, job_id, stop).run()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: let the ending be written whole
         store.transition(job_id, pb.JOB_STATE_SUCCEEDED, "succeeded")
+    except Interrupted as e:  # the supervisor requeues the job; it resumes from its checkpoint
+        log.info("job %s interrupted: %s", job_id, e)
+        store.close()
+        os._exit(EXIT_INTERRUPTED)  # skip interpreter teardown: the drain has a deadline
     except Exception as e:  # every failure ends the job with a readable message
         log.exception("job %s failed", job_id)
         store.transition(job_id, pb.JOB_STATE_FAILED, describe(e), status_code(e).value[0])
     finally:
         store.close()
+
+
+def _die_with_server(server_pid: int) -> None:
+    """Ask Linux to SIGKILL this worker when the server dies (even by kill -9).
+
+    An orphan would keep training a job that the restarted server requeues and
+    runs again: two writers of one checkpoint.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:  # it died before the request took effect
+        os._exit(1)
+
+
+class StopRequest:
+    """SIGTERM from the supervisor, which is draining the server.
+
+    Inside training it is deferred: the loop checkpoints and stops at the next
+    step boundary. Anywhere else the job stops at once; it will redo the
+    stage it was in from the last checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._deferred = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if not self._deferred:
+            raise Interrupted("the server is shutting down")
+
+    @contextmanager
+    def at_step_boundaries(self) -> Iterator[None]:
+        if self.requested:
+            raise Interrupted("the server is shutting down")
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
 
 
 @dataclass
@@ -168,8 +228,8 @@ class Student:
 
 
 class Job:
-    def __init__(self, config: ServerConfig, store: Store, job_id: str) -> None:
-        self.config, self.store, self.job_id = config, store, job_id
+    def __init__(self, config: ServerConfig, store: Store, job_id: str, stop: StopRequest) -> None:
+        self.config, self.store, self.job_id, self.stop = config, store, job_id, stop
         self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
         self.workdir = config.tmp_dir / job_id
         self.checkpoint_path = config.checkpoints_dir / f"{job_id}.pt"
@@ -372,17 +432,19 @@ class Job:
             teacher_exposes_modules=teacher.format == STATE_DICT,
         )
         self.stage("distil", f"resuming from step {resume['step']}" if resume else str(loss))
-        trained = distil(
-            student,
-            teacher.model,
-            loss,
-            splits.train,
-            splits.normalization,
-            plan.training,
-            on_progress=self.on_progress,
-            on_checkpoint=self.on_checkpoint,
-            resume_from=resume,
-        )
+        with self.stop.at_step_boundaries():
+            trained = distil(
+                student,
+                teacher.model,
+                loss,
+                splits.train,
+                splits.normalization,
+                plan.training,
+                on_progress=self.on_progress,
+                on_checkpoint=self.on_checkpoint,
+                resume_from=resume,
+                stop_requested=self.stop,
+            )
         return pb.TrainingSummary(
             method=str(loss),
             epochs=loss.pretrain_epochs + plan.training.epochs,
@@ -409,15 +471,17 @@ class Job:
             f"batch_size={config.batch_size}, generator_width={config.generator_width})"
         )
         self.stage("distil", f"resuming from iteration {resume['step']}" if resume else described)
-        trained = distil_data_free(
-            student,
-            teacher.model,
-            input_shape,
-            config,
-            on_progress=self.on_progress,
-            on_checkpoint=self.on_checkpoint,
-            resume_from=resume,
-        )
+        with self.stop.at_step_boundaries():
+            trained = distil_data_free(
+                student,
+                teacher.model,
+                input_shape,
+                config,
+                on_progress=self.on_progress,
+                on_checkpoint=self.on_checkpoint,
+                resume_from=resume,
+                stop_requested=self.stop,
+            )
         summary = pb.TrainingSummary(
             method=described,
             steps=trained.iterations,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -183,6 +184,14 @@ def _upload_raw(client: Client, header: pb.UploadModelHeader, payload: bytes) ->
     return rpc_error(client.stub.UploadModel, messages())
 
 
+class _WritesAFile:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # what an attacker's pickle does on load
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_bad_uploads_are_refused(client: Client, tmp_path: Path, server: tuple[str, Path]) -> None:
     marker = tmp_path / "pwned"
     torch.save(models.build("lenet5", 4, 1), tmp_path / "module.pt")
@@ -200,6 +209,12 @@ def test_bad_uploads_are_refused(client: Client, tmp_path: Path, server: tuple[s
     too_big = pb.UploadModelHeader(sha256="0" * 64, size_bytes=1 << 40)
     err = _upload_raw(client, too_big, b"")
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most" in err.details()
+
+    # A torch.save-style zip whose pickle would write the marker when loaded, uploaded as a state_dict.
+    with zipfile.ZipFile(tmp_path / "evil.pt", "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"weight": _WritesAFile(marker)}, protocol=2))
+    err = rpc_error(client.upload, tmp_path / "evil.pt", "evil", "lenet5")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "posix.system" in err.details()
 
     torch.save(models.build("lenet5", 4, 1).state_dict(), tmp_path / "sd.pt")
     err = rpc_error(client.upload, tmp_path / "sd.pt")  # no architecture

@@ -86,6 +86,29 @@ def test_resume_from_checkpoint_gives_the_same_student(tiny_teacher: torch.nn.Mo
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_stop_request_checkpoints_that_step_and_resume_finishes_the_same(tiny_teacher: torch.nn.Module) -> None:
+    splits = _splits()
+    config = trainer.TrainConfig(epochs=2, batch_size=32, checkpoint_interval_steps=1000, seed=2)
+    torch.manual_seed(7)
+    full = models.build("lenet5_half", 4, 1)
+    trainer.distil(full, tiny_teacher, _kd(), splits.train, splits.normalization, config)
+
+    checkpoints: list[dict[str, Any]] = []
+    steps = iter(range(1, 1000))
+    torch.manual_seed(7)  # the same start as the uninterrupted run
+    stopped = models.build("lenet5_half", 4, 1)
+    with pytest.raises(trainer.Interrupted, match="stopped at step 17 of 26"):
+        trainer.distil(stopped, tiny_teacher, _kd(), splits.train, splits.normalization, config,
+                       on_checkpoint=lambda state: checkpoints.append(copy.deepcopy(state)),
+                       stop_requested=lambda: next(steps) == 17)
+    assert [c["step"] for c in checkpoints] == [17]  # the interval (1000) never came: the stop wrote it
+
+    resumed = models.build("lenet5_half", 4, 1)
+    trainer.distil(resumed, tiny_teacher, _kd(), splits.train, splits.normalization, config, resume_from=checkpoints[0])
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_divergence_is_reported(tiny_teacher: torch.nn.Module) -> None:
     splits = _splits()
     student = models.build("lenet5_half", 4, 1)

@@ -1,0 +1,288 @@
+"""A service that survives: kill -9, SIGTERM drains, dying workers, time limits, auth and TLS.
+
+Each test runs real server processes on real ports over one data directory,
+and kills real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.distillery.v1 import distillery_pb2 as pb
+from service.client import Client
+from service.server import spawn_server
+from tests.conftest import rpc_error, tiny_spec
+
+
+def long_spec(teacher_id: str, checkpoint_every: int = 20) -> pb.JobSpec:
+    """Minutes of training at ~25 steps per epoch: long enough to be interrupted anywhere."""
+    spec = tiny_spec(teacher_id)
+    spec.training.epochs = 400
+    spec.training.checkpoint_interval_steps = checkpoint_every
+    return spec
+
+
+def quick_spec(teacher_id: str) -> pb.JobSpec:
+    spec = tiny_spec(teacher_id)
+    spec.export.int8 = spec.export.fp16 = False
+    return spec
+
+
+def wait_for_step(client: Client, job_id: str, step: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    for event in client.watch(job_id):
+        if event.step >= step:
+            return
+        assert time.time() < deadline, f"job {job_id} did not reach step {step} in {timeout} s"
+    pytest.fail(f"job {job_id} ended before step {step}")
+
+
+def worker_pid(data_dir: Path, job_id: str, timeout: float = 60) -> int:
+    """The pid of the job's worker, from the line it logs first."""
+    log = data_dir / "logs" / f"{job_id}.log"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = re.search(r"in worker pid (\d+)", log.read_text()) if log.exists() else None
+        if found:
+            return int(found.group(1))
+        time.sleep(0.1)
+    raise AssertionError(f"no worker pid logged for {job_id}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has stopped running; only its exit status is left
+
+
+def wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while alive(pid):
+        assert time.time() < deadline, f"process {pid} still runs after {timeout} s"
+        time.sleep(0.05)
+
+
+def resumed_from(events: list[pb.JobEvent]) -> list[int]:
+    return [int(e.message.rsplit(" ", 1)[1]) for e in events if e.message.startswith("resuming from step")]
+
+
+def test_kill_9_mid_training_resumes_from_its_checkpoint_and_loses_nothing(tmp_path: Path, teacher_file: Path) -> None:
+    data_dir = tmp_path / "data"
+    process, address = spawn_server(data_dir)
+    try:
+        with Client(address) as client:
+            teacher = client.upload(teacher_file, architecture="lenet5")
+            done = client.wait(client.create_job(quick_spec(teacher.id)).id)
+            assert done.state == pb.JOB_STATE_SUCCEEDED, done.error.message
+            done_events = list(client.watch(done.id))
+            job = client.create_job(long_spec(teacher.id, checkpoint_every=20))
+            wait_for_step(client, job.id, 50)
+            worker = worker_pid(data_dir, job.id)
+        process.kill()
+        process.wait()
+        wait_gone(worker, 10)  # the worker dies with its server, rather than train on unseen
+
+        process, address = spawn_server(data_dir)
+        with Client(address) as client:
+            assert client.get_job(job.id).state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING)
+            wait_for_step(client, job.id, 100)
+            client.cancel(job.id)  # no need to train 10,000 steps to know it resumed
+            events = list(client.watch(job.id))
+            assert "requeued after a server restart" in [e.message for e in events]
+            assert resumed_from(events) and resumed_from(events)[0] >= 40
+
+            # The finished job, its events and its artifacts are all still there.
+            assert client.get_job(done.id) == done
+            assert list(client.watch(done.id)) == done_events
+            for artifact in done.artifacts:
+                client.download(done.id, artifact.name, tmp_path)  # checks each sha256
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Path, teacher_file: Path) -> None:
+    data_dir = tmp_path / "data"
+    process, address = spawn_server(data_dir, ["--drain-timeout", "20"])
+    try:
+        with Client(address) as client:
+            teacher = client.upload(teacher_file, architecture="lenet5")
+            spec = long_spec(teacher.id, checkpoint_every=100_000)  # only the drain can write a checkpoint
+            job = client.create_job(spec)
+            wait_for_step(client, job.id, 30)
+            worker = worker_pid(data_dir, job.id)
+
+            stream_events: list[pb.JobEvent] = []
+            stream_errors: list[grpc.RpcError] = []
+            health: list[int] = []
+
+            def watch_job() -> None:
+                try:
+                    stream_events.extend(client.watch(job.id))
+                except grpc.RpcError as e:
+                    stream_errors.append(e)
+
+            def watch_health() -> None:
+                with grpc.insecure_channel(address) as channel:
+                    try:
+                        for reply in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest()):
+                            health.append(reply.status)
+                    except grpc.RpcError:
+                        pass  # the server going away ends this stream
+
+            threads = [threading.Thread(target=watch_job), threading.Thread(target=watch_health)]
+            for thread in threads:
+                thread.start()
+            while not health:
+                time.sleep(0.05)
+            started = time.time()
+            process.send_signal(signal.SIGTERM)
+            while health[-1] != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.time() - started < 10, "health never flipped to NOT_SERVING"
+                time.sleep(0.01)
+            assert rpc_error(client.create_job, spec).code() == grpc.StatusCode.UNAVAILABLE
+            process.wait(timeout=40)
+            assert time.time() - started < 30
+            for thread in threads:
+                thread.join(10)
+        assert not stream_errors, "WatchJob must end cleanly on a drain"
+        assert not alive(worker)
+        checkpoint = torch.load(data_dir / "checkpoints" / f"{job.id}.pt", weights_only=True)
+        assert checkpoint["step"] >= 30  # written by the drain at the step it stopped
+
+        process, address = spawn_server(data_dir)
+        with Client(address) as client:
+            wait_for_step(client, job.id, checkpoint["step"] + 1)
+            client.cancel(job.id)
+            events = list(client.watch(job.id))
+            assert "requeued: the server is shutting down" in [e.message for e in events]
+            assert resumed_from(events) == [checkpoint["step"]]
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_dying_worker_fails_only_its_job_and_frees_the_slot(
+    client: Client, teacher_model: pb.Model, server, tiny_teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    data_dir = server[1]
+    for sig, reason in ((signal.SIGSEGV, "killed by SIGSEGV"), (signal.SIGKILL, "killed by SIGKILL (likely out of memory)")):
+        job = client.create_job(long_spec(teacher_model.id))
+        behind = client.create_job(quick_spec(teacher_model.id)) if sig == signal.SIGSEGV else None
+        wait_for_step(client, job.id, 1)
+        os.kill(worker_pid(data_dir, job.id), sig)
+        failed = client.wait(job.id)
+        assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.INTERNAL.value[0]
+        assert reason in failed.error.message
+        if behind is not None:
+            assert client.wait(behind.id).state == pb.JOB_STATE_SUCCEEDED  # the slot was freed
+
+    # Diverging: a teacher with one NaN weight makes the first loss NaN.
+    broken = {k: v.clone() for k, v in tiny_teacher.state_dict().items()}
+    next(v for k, v in broken.items() if k.endswith("bias")).fill_(float("nan"))
+    torch.save(broken, tmp_path / "nan.pt")
+    nan_teacher = client.upload(tmp_path / "nan.pt", architecture="lenet5")
+    failed = client.wait(client.create_job(quick_spec(nan_teacher.id)).id)
+    assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.ABORTED.value[0]
+    assert "loss became nan at step 1; the teacher's outputs or the inputs are not finite" in failed.error.message
+
+
+def test_cancel_ends_the_worker_within_5_seconds(client: Client, teacher_model: pb.Model, server) -> None:
+    job = client.create_job(long_spec(teacher_model.id))
+    wait_for_step(client, job.id, 1)
+    worker = worker_pid(server[1], job.id)
+    started = time.time()
+    assert client.cancel(job.id).state == pb.JOB_STATE_CANCELLED
+    wait_gone(worker, 5 - (time.time() - started))
+    assert rpc_error(client.cancel, job.id).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_message_over_the_size_limit_is_resource_exhausted(client: Client, teacher_model: pb.Model) -> None:
+    spec = tiny_spec(teacher_model.id)
+    spec.student.architecture = "x" * (9 << 20)  # the default limit is 8 MiB; files stream in 1 MiB chunks
+    assert rpc_error(client.create_job, spec).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# ------------------------------------------------ a locked-down server: token, TLS, tight limits
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def locked_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, bytes]]:
+    """A server with --auth-token-file, TLS, a 3 s job time limit and a queue of one; yields (address, data_dir, CA)."""
+    root = tmp_path_factory.mktemp("locked")
+    (root / "token").write_text(TOKEN + "\n")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    process, address = spawn_server(
+        root / "data",
+        ["--auth-token-file", str(root / "token"), "--tls-cert", str(root / "cert.pem"), "--tls-key", str(root / "key.pem"),
+         "--job-time-limit", "3", "--max-queued-jobs", "1"],
+    )  # fmt: skip
+    yield address, root / "data", (root / "cert.pem").read_bytes()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def test_auth_refuses_unary_and_streaming_calls_without_the_token(locked_down, teacher_file: Path) -> None:
+    address, _, ca = locked_down
+    for token in ("", "wrong"):
+        with Client(address, token=token, tls_ca=ca) as stranger:
+            for call, args in ((stranger.get_job, ("j-x",)), (lambda: list(stranger.list_jobs()), ()),
+                               (lambda job_id: list(stranger.watch(job_id)), ("j-x",)),
+                               (stranger.upload, (teacher_file, "t", "lenet5"))):  # fmt: skip
+                err = rpc_error(call, *args)
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+                assert "bearer token" in err.details()
+    # Health is exempt: orchestrators probe it without credentials.
+    with grpc.secure_channel(address, grpc.ssl_channel_credentials(ca)) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with Client(address, token=TOKEN, tls_ca=ca) as client:
+        assert client.upload(teacher_file, architecture="lenet5").id.startswith("m-")
+        assert rpc_error(client.get_job, "j-x").code() == grpc.StatusCode.NOT_FOUND  # past the interceptor
+
+
+def test_tls_is_required_when_configured(locked_down) -> None:
+    address, _, _ = locked_down
+    with Client(address, token=TOKEN, timeout=5) as plaintext:
+        assert rpc_error(plaintext.get_job, "j-x").code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_time_limit_and_queue_limit_are_resource_exhausted(locked_down, teacher_file: Path) -> None:
+    address, _, ca = locked_down
+    with Client(address, token=TOKEN, tls_ca=ca) as client:
+        teacher = client.upload(teacher_file, architecture="lenet5")
+        running = client.create_job(long_spec(teacher.id))
+        while client.get_job(running.id).state == pb.JOB_STATE_QUEUED:
+            time.sleep(0.05)
+        queued = client.create_job(long_spec(teacher.id))
+        err = rpc_error(client.create_job, long_spec(teacher.id))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 1" in err.details()
+        client.cancel(queued.id)
+
+        failed = client.wait(running.id)
+        assert failed.state == pb.JOB_STATE_FAILED
+        assert failed.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "time limit of 3 s (--job-time-limit)" in failed.error.message
+        duration = failed.end_time.ToSeconds() - failed.start_time.ToSeconds()
+        assert 3 <= duration < 10
