@@ -77,9 +77,10 @@ class DataFreeConfig:
             "weight_decay must be in [0, 1]": 0 <= self.weight_decay <= 1,
             "noise_dim must be 1..4096": 1 <= self.noise_dim <= 4096,
             "generator_width must be 4..1024": 4 <= self.generator_width <= 1024,
-            "loss weights must not be negative": min(
-                self.adversarial_weight, self.bn_weight, self.confidence_weight, self.balance_weight
-            ) >= 0,
+            "loss weights must be finite and not negative": all(
+                0 <= w < math.inf  # written so that NaN fails too
+                for w in (self.adversarial_weight, self.bn_weight, self.confidence_weight, self.balance_weight)
+            ),
             "checkpoint_interval_steps must be >= 1": self.checkpoint_interval_steps >= 1,
         }
         failed = [message for message, ok in checks.items() if not ok]

@@ -238,9 +238,9 @@ def distil(
                 window_loss += step_loss
                 window_steps += 1
                 if not math.isfinite(window_loss):
-                    advice = (
-                        "the teacher's outputs or the inputs are not finite" if step == 1 else "lower the learning rate"
-                    )
+                    advice = "lower the learning rate"
+                    if step == 1:  # before any update: something was broken from the start
+                        advice = "the teacher's outputs, the inputs or the student's initial weights are not finite"
                     raise TrainingDivergedError(f"loss became {window_loss} at step {step}; {advice}")
                 now = time.perf_counter()
                 at_boundary = step % steps_per_epoch == 0 or step in (pretrain_steps, total_steps)

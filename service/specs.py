@@ -364,6 +364,8 @@ def _dataset_plan(spec: pb.DatasetSpec, roots: tuple[Path, ...], seed: int) -> D
         if any(not 1e-6 < s < 1e3 for s in spec.std) or any(not -1e3 < m < 1e3 for m in spec.mean):
             raise InvalidArgument("dataset.std must be in (1e-6, 1e3) and dataset.mean in (-1e3, 1e3)")
         normalization = data.Normalization(list(spec.mean), list(spec.std))
+    if any(c < 0 for c in spec.exclude_classes):
+        raise InvalidArgument("dataset.exclude_classes must be class indices (0 or more)")
     limits = {
         "max_train_samples": spec.max_train_samples,
         "max_val_samples": spec.max_val_samples,
@@ -388,6 +390,8 @@ def _dataset_plan(spec: pb.DatasetSpec, roots: tuple[Path, ...], seed: int) -> D
         _in_range(params["val_size"], 10, 1_000_000, "dataset.generated.val_size")
         if params["channels"] not in (1, 3):
             raise InvalidArgument("dataset.generated.channels must be 1 or 3")
+        if any(c >= params["num_classes"] for c in spec.exclude_classes):
+            raise InvalidArgument(f"dataset.exclude_classes must name classes 0..{params['num_classes'] - 1}")
         return DatasetPlan(kind="generated", generated=params, **limits)
     if source == "torchvision":
         tv = spec.torchvision

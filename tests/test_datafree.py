@@ -129,8 +129,9 @@ def test_check_generator_counts_classes_and_draws_a_grid(tiny_teacher: torch.nn.
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="method.*batch_size"):
         DataFreeConfig(method="magic", batch_size=1)
-    with pytest.raises(ValueError, match="weights"):
-        DataFreeConfig(bn_weight=-1)
+    for weights in ({"bn_weight": -1}, {"bn_weight": float("nan")}, {"balance_weight": float("inf")}):
+        with pytest.raises(ValueError, match="weights must be finite and not negative"):
+            DataFreeConfig(**weights)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

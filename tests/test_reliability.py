@@ -198,7 +198,7 @@ def test_a_dying_worker_fails_only_its_job_and_frees_the_slot(
     nan_teacher = client.upload(tmp_path / "nan.pt", architecture="lenet5")
     failed = client.wait(client.create_job(quick_spec(nan_teacher.id)).id)
     assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.ABORTED.value[0]
-    assert "loss became nan at step 1; the teacher's outputs or the inputs are not finite" in failed.error.message
+    assert "loss became nan at step 1; the teacher's outputs" in failed.error.message
 
 
 def test_cancel_ends_the_worker_within_5_seconds(client: Client, teacher_model: pb.Model, server) -> None:

@@ -75,6 +75,8 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
         (lambda s: s.benchmark.batch_sizes.append(0), "batch_sizes"),
         (lambda s: s.dataset.generated.__setattr__("num_classes", 50), "num_classes"),
         (lambda s: s.dataset.mean.extend([0.5, 0.5]), "mean"),
+        (lambda s: s.dataset.exclude_classes.append(-5), "exclude_classes must be class indices"),
+        (lambda s: s.dataset.exclude_classes.append(10), r"exclude_classes must name classes 0..9"),
         (lambda s: s.dataset.torchvision.__setattr__("name", "ImageNet"), "unknown"),
     ],
 )

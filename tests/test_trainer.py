@@ -114,7 +114,7 @@ def test_divergence_is_reported(tiny_teacher: torch.nn.Module) -> None:
     student = models.build("lenet5_half", 4, 1)
     with torch.no_grad():
         student.classifier[-1].weight.fill_(float("nan"))
-    with pytest.raises(trainer.TrainingDivergedError, match="lower the learning rate"):
+    with pytest.raises(trainer.TrainingDivergedError, match="student.s initial weights are not finite"):
         trainer.distil(student, tiny_teacher, _kd(), splits.train, splits.normalization, trainer.TrainConfig(epochs=1))
 
 
