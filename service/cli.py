@@ -253,7 +253,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrent-jobs", type=int, default=1)
     s.add_argument("--max-queued-jobs", type=int, default=100)
     s.add_argument("--max-upload-bytes", type=int, default=2 << 30)
-    s.add_argument("--worker-threads", type=int, default=0, help="intra-op threads per job; 0: cores / concurrent jobs")
+    s.add_argument("--worker-threads", type=int, default=0, help="intra-op threads per job; 0: (cores - 1) / concurrent jobs")
     s.add_argument("--max-message-bytes", type=int, default=8 << 20, help="largest gRPC message; files stream in 1 MiB chunks")
     s.add_argument("--job-time-limit", type=float, default=24 * 3600, help="seconds a job may run; 0: no limit")
     s.add_argument("--drain-timeout", type=float, default=20.0, help="on SIGTERM, seconds running jobs get to checkpoint")

@@ -20,7 +20,7 @@ class ServerConfig:
     # Messages are small: big payloads stream in chunks of this size.
     chunk_bytes: int = 1 << 20
     max_message_bytes: int = 8 << 20
-    # Intra-op threads of each worker; 0 = all cores divided among running jobs.
+    # Intra-op threads of each worker; 0: see threads_per_worker().
     worker_threads: int = 0
     poll_interval_s: float = 0.2
     # A job running longer than this is ended (FAILED, RESOURCE_EXHAUSTED); 0: no limit.
@@ -65,9 +65,17 @@ class ServerConfig:
         return self.data_dir / "tmp"
 
     def threads_per_worker(self) -> int:
+        """Explicit, or the cores but one shared among running jobs.
+
+        The core left over serves the API. Intra-op threads meet at a barrier
+        every op, so one of them losing its core stalls the others: with
+        every core training, 50 polling clients slowed a job 3.8x, where one
+        thread fewer slowed it 1.1x (bench/load.py, 2 cores).
+        """
         if self.worker_threads > 0:
             return self.worker_threads
-        return max(1, (os.cpu_count() or 1) // self.max_concurrent_jobs)
+        cores = os.cpu_count() or 1
+        return max(1, (cores - 1) // self.max_concurrent_jobs)
 
     def make_dirs(self) -> None:
         for d in (self.data_dir, self.blobs_dir, self.checkpoints_dir, self.logs_dir, self.tmp_dir, *self.data_roots):
