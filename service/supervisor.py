@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import time
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
 import grpc
@@ -37,12 +38,17 @@ def describe_exit(exitcode: int | None) -> str:
     return f"the worker process exited with code {exitcode} without finishing the job"
 
 
+@dataclass
+class RunningJob:
+    process: BaseProcess
+    started: float  # time.monotonic() when its worker started
+
+
 class Supervisor:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.running: dict[str, BaseProcess] = {}
-        self.started: dict[str, float] = {}  # job id -> time.monotonic() at start
+        self.running: dict[str, RunningJob] = {}
         self.accepting = True
         self._context = multiprocessing.get_context("spawn")
         self._changed = asyncio.Event()
@@ -67,8 +73,9 @@ class Supervisor:
 
     def tick(self) -> None:
         limit = self.config.job_time_limit_s
-        for job_id, process in list(self.running.items()):
-            if limit and process.is_alive() and time.monotonic() - self.started[job_id] > limit:
+        for job_id, running in list(self.running.items()):
+            process = running.process
+            if limit and process.is_alive() and time.monotonic() - running.started > limit:
                 self._kill_now(process)
                 self.store.transition(
                     job_id,
@@ -79,7 +86,6 @@ class Supervisor:
             if not process.is_alive():
                 process.join()
                 del self.running[job_id]
-                del self.started[job_id]
                 job = self.store.get_job(job_id)
                 if job is not None and job.state not in TERMINAL_STATES:
                     self.store.transition(
@@ -99,8 +105,7 @@ class Supervisor:
                     job_id, pb.JOB_STATE_FAILED, f"could not start a worker: {e}", grpc.StatusCode.UNAVAILABLE.value[0]
                 )
                 continue
-            self.running[job_id] = process
-            self.started[job_id] = time.monotonic()
+            self.running[job_id] = RunningJob(process, time.monotonic())
             log.info("job %s started in worker pid %s", job_id, process.pid)
         watermark = self.store.event_watermark()
         if watermark != self._watermark:
@@ -121,11 +126,10 @@ class Supervisor:
             job_id, pb.JOB_STATE_CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED.value[0]
         ):
             return False
-        process = self.running.pop(job_id, None)
-        self.started.pop(job_id, None)
-        if process is not None:
-            self._kill_now(process)
-            await asyncio.to_thread(process.join, 10)
+        running = self.running.pop(job_id, None)
+        if running is not None:
+            self._kill_now(running.process)
+            await asyncio.to_thread(running.process.join, 10)
         (self.config.checkpoints_dir / f"{job_id}.pt").unlink(missing_ok=True)
         return True
 
@@ -138,13 +142,14 @@ class Supervisor:
         """
         self.accepting = False
         self._stopped.set()
-        for process in self.running.values():
+        for running in self.running.values():
             try:
-                os.kill(process.pid, signal.SIGTERM)
+                os.kill(running.process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + self.config.drain_timeout_s
-        for job_id, process in self.running.items():
+        for job_id, running in self.running.items():
+            process = running.process
             await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.warning("job %s did not stop within %g s; killing it", job_id, self.config.drain_timeout_s)
@@ -153,7 +158,6 @@ class Supervisor:
             # A job that ended meanwhile keeps its ending: transition() never reopens one.
             self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued: the server is shutting down")
         self.running.clear()
-        self.started.clear()
         self._changed.set()
 
     @staticmethod
