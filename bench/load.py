@@ -35,7 +35,6 @@ import platform
 import random
 import resource
 import shlex
-import signal
 import statistics
 import sys
 import tempfile
@@ -361,7 +360,7 @@ def main() -> None:
         parser.error("--client-processes must be between 1 and --clients")
 
     from service.client import Client  # torch and the server stay out of the spawned client processes
-    from service.server import spawn_server
+    from service.server import spawn_server, stop_server
 
     with tempfile.TemporaryDirectory(prefix="distillery-load-") as tmp:
         teacher_path = Path(tmp) / "teacher.pt"
@@ -382,12 +381,7 @@ def main() -> None:
                 loaded = run_loaded_job(client.stub, spec, address, server.pid, args)
                 after = run_job(client.stub, spec).training.wall_seconds
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except Exception:
-                server.kill()
-                raise
+            stop_server(server)
 
     text, clean = summary(args, epochs, per_epoch_s, [before, after], loaded)
     print(text)

@@ -7,7 +7,6 @@ pipeline that hands it to the service and collects the student.
 
 from __future__ import annotations
 
-import signal
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from distill import data, models, trainer
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.cli import ProgressBar
 from service.client import Client
-from service.server import spawn_server
+from service.server import spawn_server, stop_server
 
 TEACHER = "lenet5"
 STUDENT = "lenet5_half"
@@ -66,8 +65,7 @@ def run_demo(output: Path) -> int:
                     return 1
                 paths = {a.name: client.download(job.id, a.name, output) for a in job.artifacts}
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+            stop_server(server)
     report_md = paths["report.md"].read_text()
     print(report_md)
     print(f"demo finished in {time.perf_counter() - started:.0f} s; artifacts in {output.resolve()}", file=sys.stderr)

@@ -102,3 +102,14 @@ def spawn_server(data_dir: Path, extra_args: list[str] | None = None, timeout: f
         process.kill()
         raise RuntimeError(f"the server did not start within {timeout} s (said {line!r})")
     return process, f"127.0.0.1:{int(line[len(READY_PREFIX):])}"
+
+
+def stop_server(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, and wait for the drain; a server that outlives ``timeout`` is killed, and the error raised."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise

@@ -155,6 +155,8 @@ class Supervisor:
                 log.warning("job %s did not stop within %g s; killing it", job_id, self.config.drain_timeout_s)
                 self._kill_now(process)
                 await asyncio.to_thread(process.join, 10)
+            elif process.exitcode == worker.EXIT_INTERRUPTED:
+                log.info("job %s checkpointed and stopped", job_id)
             # A job that ended meanwhile keeps its ending: transition() never reopens one.
             self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued: the server is shutting down")
         self.running.clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from distill import data, models, trainer
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
-from service.server import spawn_server
+from service.server import spawn_server, stop_server
 
 # Tiny generated data: a few seconds per job on 2 cores.
 TINY_DATA = {"num_classes": 4, "image_size": 28, "channels": 1, "train_size": 800, "val_size": 200, "seed": 3}
@@ -25,12 +24,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     data_dir = tmp_path_factory.mktemp("server")
     process, address = spawn_server(data_dir)
     yield address, data_dir
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except Exception:
-        process.kill()
-        raise
+    stop_server(process)
 
 
 @pytest.fixture(scope="session")

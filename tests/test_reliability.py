@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
-from service.server import spawn_server
+from service.server import spawn_server, stop_server
 from tests.conftest import rpc_error, tiny_spec
 
 
@@ -239,8 +239,7 @@ def locked_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
          "--job-time-limit", "3", "--max-queued-jobs", "1"],
     )  # fmt: skip
     yield address, root / "data", (root / "cert.pem").read_bytes()
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    stop_server(process)
 
 
 def test_auth_refuses_unary_and_streaming_calls_without_the_token(locked_down, teacher_file: Path) -> None:
