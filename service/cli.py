@@ -199,8 +199,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout).status
+    with _client(args) as client:  # the same TLS settings as every other command
+        status = health_pb2_grpc.HealthStub(client.channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout).status
     print(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
@@ -330,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:  # bad flags, missing files: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

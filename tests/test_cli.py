@@ -65,3 +65,10 @@ def test_benchmark_only_flags_build_the_spec() -> None:
     spec = cli.build_spec(args)
     assert spec.benchmark_only.student_model_id == "m-2" and spec.benchmark_only.input_shape.channels == 3
     assert not spec.HasField("data_free") and not spec.HasField("student")
+
+
+def test_bad_serve_flags_and_missing_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--data-dir", str(tmp_path), "--tls-cert", str(tmp_path / "cert.pem")]) == 2
+    assert capsys.readouterr().err == "error: TLS needs both a certificate and a key\n"
+    assert cli.main(["--token-file", str(tmp_path / "absent"), "health"]) == 2
+    assert "No such file" in capsys.readouterr().err

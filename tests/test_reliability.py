@@ -21,6 +21,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.distillery.v1 import distillery_pb2 as pb
+from service import cli
 from service.client import Client
 from service.server import spawn_server, stop_server
 from tests.conftest import rpc_error, tiny_spec
@@ -261,10 +262,12 @@ def test_auth_refuses_unary_and_streaming_calls_without_the_token(locked_down, t
         assert rpc_error(client.get_job, "j-x").code() == grpc.StatusCode.NOT_FOUND  # past the interceptor
 
 
-def test_tls_is_required_when_configured(locked_down) -> None:
-    address, _, _ = locked_down
+def test_tls_is_required_when_configured(locked_down, capsys: pytest.CaptureFixture[str]) -> None:
+    address, data_dir, _ = locked_down
     with Client(address, token=TOKEN, timeout=5) as plaintext:
         assert rpc_error(plaintext.get_job, "j-x").code() == grpc.StatusCode.UNAVAILABLE
+    assert cli.main(["--address", address, "--tls-ca", str(data_dir.parent / "cert.pem"), "health"]) == 0
+    assert capsys.readouterr().out == "SERVING\n"
 
 
 def test_time_limit_and_queue_limit_are_resource_exhausted(locked_down, teacher_file: Path) -> None:
