@@ -78,6 +78,7 @@ async def serve(config: ServerConfig) -> None:
     await stop.wait()
 
     log.info("shutting down")
+    supervisor.accepting = False  # before health flips: a client that sees NOT_SERVING gets UNAVAILABLE too
     await health_servicer.enter_graceful_shutdown()
     await supervisor.shutdown()
     await supervisor_task

@@ -50,6 +50,15 @@ def wait_for_step(client: Client, job_id: str, step: int, timeout: float = 120) 
     pytest.fail(f"job {job_id} ended before step {step}")
 
 
+def wait_for_message(client: Client, job_id: str, prefix: str, timeout: float = 120) -> pb.JobEvent:
+    deadline = time.time() + timeout
+    for event in client.watch(job_id):
+        if event.message.startswith(prefix):
+            return event
+        assert time.time() < deadline, f"job {job_id} said no {prefix!r} in {timeout} s"
+    pytest.fail(f"job {job_id} ended without saying {prefix!r}")
+
+
 def worker_pid(data_dir: Path, job_id: str, timeout: float = 60) -> int:
     """The pid of the job's worker, from the line it logs first."""
     log = data_dir / "logs" / f"{job_id}.log"
@@ -100,7 +109,7 @@ def test_kill_9_mid_training_resumes_from_its_checkpoint_and_loses_nothing(tmp_p
         process, address = spawn_server(data_dir)
         with Client(address) as client:
             assert client.get_job(job.id).state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING)
-            wait_for_step(client, job.id, 100)
+            wait_for_message(client, job.id, "resuming from step")
             client.cancel(job.id)  # no need to train 10,000 steps to know it resumed
             events = list(client.watch(job.id))
             assert "requeued after a server restart" in [e.message for e in events]
@@ -148,7 +157,9 @@ def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Pat
             threads = [threading.Thread(target=watch_job), threading.Thread(target=watch_health)]
             for thread in threads:
                 thread.start()
+            deadline = time.time() + 10
             while not health:
+                assert time.time() < deadline, "no health status streamed"
                 time.sleep(0.05)
             started = time.time()
             process.send_signal(signal.SIGTERM)
@@ -167,7 +178,7 @@ def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Pat
 
         process, address = spawn_server(data_dir)
         with Client(address) as client:
-            wait_for_step(client, job.id, checkpoint["step"] + 1)
+            wait_for_message(client, job.id, "resuming from step")
             client.cancel(job.id)
             events = list(client.watch(job.id))
             assert "requeued: the server is shutting down" in [e.message for e in events]
