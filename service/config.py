@@ -70,7 +70,7 @@ class ServerConfig:
         The core left over serves the API. Intra-op threads meet at a barrier
         every op, so one of them losing its core stalls the others: with
         every core training, 50 polling clients slowed a job 3.8x, where one
-        thread fewer slowed it 1.1x (bench/load.py, 2 cores).
+        thread fewer slowed it 1.1-1.3x (bench/load.py, 2 cores).
         """
         if self.worker_threads > 0:
             return self.worker_threads
