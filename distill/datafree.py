@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill import distributed
 from distill.trainer import (
     CheckpointFn,
     Progress,
@@ -193,9 +194,10 @@ class _BatchNormPrior:
 class DataFreeResult:
     method: str
     iterations: int
-    final_loss: float  # mean student L1 over the last 5% of iterations
+    final_loss: float  # mean student L1 over the last 5% of iterations, across all ranks
     wall_seconds: float
     generator: Generator
+    world_size: int = 1
 
 
 def distil_data_free(
@@ -213,8 +215,17 @@ def distil_data_free(
     ``teacher`` stays in eval mode and is never updated (its BN layers keep
     their running statistics). One iteration is one generator step and
     ``config.student_steps`` student steps, each on a fresh generated batch.
+
+    Under torch.distributed, each rank generates its share of every batch from
+    its own noise; DDP averages the generator's gradients in generator steps
+    and the student's in student steps, so both stay the same on every rank.
+    Only the caller on rank 0 should pass ``on_checkpoint`` (and ``resume_from``:
+    the other ranks get rank 0's).
     """
     device = config.device
+    ranks = distributed.ranks()
+    if config.batch_size < ranks.world:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {ranks.world} training processes")
     started = time.perf_counter()
     method = resolve_method(config.method, teacher)
     torch.manual_seed(config.seed)
@@ -236,6 +247,7 @@ def distil_data_free(
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, cosine) for opt in (student_opt, generator_opt)]
 
     step = 0
+    resume_from = distributed.from_leader(resume_from)
     if resume_from is not None:
         student.load_state_dict(resume_from["student"])
         generator.load_state_dict(resume_from["generator"])
@@ -245,6 +257,11 @@ def distil_data_free(
             schedule.load_state_dict(state)
         step = int(resume_from["step"])
         torch.set_rng_state(resume_from["rng"].cpu())  # the worker maps checkpoints to the job's device
+    if ranks.active:  # each rank its own noise stream (a resumed run starts a fresh one)
+        torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + ranks.rank + 1)
+    # What a step trains goes through DDP: the generator in generator steps, the student in student steps.
+    generator_step_model, student_step_model = distributed.wrap(generator, device), distributed.wrap(student, device)
+    share = distributed.batch_share(config.batch_size, ranks)
 
     prior = _BatchNormPrior(batchnorm_layers(teacher)) if method == "bn_prior" else None
     tail = max(1, config.iterations // 20)
@@ -252,12 +269,20 @@ def distil_data_free(
     tail_loss, tail_steps = 0.0, 0
     try:
         while step < config.iterations:
-            _generator_step(generator, student, teacher, generator_opt, prior, method, config)
-            loss = sum(_student_step(generator, student, teacher, student_opt, config) for _ in range(config.student_steps))
-            loss /= config.student_steps
+            _generator_step(generator_step_model, student, teacher, generator_opt, prior, method, config, share)
+            loss = sum(
+                _student_step(generator, student_step_model, teacher, student_opt, config, share)
+                for _ in range(config.student_steps)
+            )
             for schedule in schedules:
                 schedule.step()
             step += 1
+            # One sync per iteration: the mean loss over ranks, and whether any rank was asked to stop.
+            agreed = distributed.sum_across(
+                torch.tensor([loss, float(stop_requested is not None and stop_requested())], dtype=torch.float64)
+            )
+            loss = float(agreed[0]) / (config.student_steps * ranks.world)
+            stop = bool(agreed[1] > 0)
 
             if not math.isfinite(loss):
                 raise TrainingDivergedError(f"student loss became {loss} at iteration {step}; lower the learning rates")
@@ -275,7 +300,7 @@ def distil_data_free(
                 config.iterations,
                 config.checkpoint_interval_steps,
                 on_checkpoint,
-                stop_requested,
+                lambda: stop,
                 lambda: {
                     "student": student.state_dict(),
                     "generator": generator.state_dict(),
@@ -289,6 +314,8 @@ def distil_data_free(
         if prior is not None:
             prior.remove()
         student.to(memory_format=torch.contiguous_format)  # what export and the checkpoints expect
+    for model in (student, generator):
+        distributed.copy_leader_state(model)
     student.eval()
     return DataFreeResult(
         method=method,
@@ -296,19 +323,21 @@ def distil_data_free(
         final_loss=tail_loss / max(1, tail_steps),
         wall_seconds=time.perf_counter() - started,
         generator=generator,
+        world_size=ranks.world,
     )
 
 
 def _generator_step(
-    generator: Generator,
+    generator: nn.Module,
     student: nn.Module,
     teacher: Callable[[torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     prior: _BatchNormPrior | None,
     method: str,
     config: DataFreeConfig,
+    batch_size: int,
 ) -> None:
-    z = torch.randn(config.batch_size, config.noise_dim, device=config.device)
+    z = torch.randn(batch_size, config.noise_dim, device=config.device)
     with _autocast(config.device):
         x = generator(z)
         if prior is not None:
@@ -333,13 +362,14 @@ def _generator_step(
 
 
 def _student_step(
-    generator: Generator,
+    generator: nn.Module,
     student: nn.Module,
     teacher: Callable[[torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     config: DataFreeConfig,
+    batch_size: int,
 ) -> float:
-    z = torch.randn(config.batch_size, config.noise_dim, device=config.device)
+    z = torch.randn(batch_size, config.noise_dim, device=config.device)
     with torch.no_grad(), _autocast(config.device):
         x = generator(z)
         teacher_logits = teacher(x).float()

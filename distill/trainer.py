@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill import features
+from distill import distributed, features
 from distill.data import ImageData, Normalization, Splits
 from distill.losses import CrossEntropy, Step, WeightedLoss
 
@@ -84,8 +84,12 @@ class Progress:
 @dataclass(frozen=True)
 class TrainResult:
     steps: int
-    final_loss: float  # mean loss over the last epoch
+    final_loss: float  # mean loss over the last epoch, across all ranks
     wall_seconds: float
+    # Per training sample: how many times a step trained on it (summed over ranks;
+    # counts only this run's steps when it resumed from a checkpoint).
+    visits: torch.Tensor
+    world_size: int = 1
 
 
 ProgressFn = Callable[[Progress], None]
@@ -128,11 +132,13 @@ def predict_logits(
     normalization: Normalization,
     device: str = "cpu",
     batch_size: int = 512,
+    rows: range | None = None,
 ) -> torch.Tensor:
-    """Logits for every sample, in order, as float32 on the CPU."""
+    """Logits for every sample (or those in ``rows``), in order, as float32 on the CPU."""
+    rows = rows if rows is not None else range(len(data))
     batches = (
-        normalization.apply(data.images[start : start + batch_size].to(device, non_blocking=True))
-        for start in range(0, len(data), batch_size)
+        normalization.apply(data.images[start : min(start + batch_size, rows.stop)].to(device, non_blocking=True))
+        for start in range(rows.start, rows.stop, batch_size)
     )
     return predict(model, batches, device)
 
@@ -165,10 +171,18 @@ def distil(
 
     Methods with a first stage (FitNets, FSP) get ``loss_fn.pretrain_epochs``
     epochs of their stage-one loss before ``config.epochs`` of the full loss.
+
+    Under torch.distributed, every rank takes its shard of each global batch
+    of ``config.batch_size``; the step is the one a single process would take
+    on the whole batch. Only the caller on rank 0 should pass ``on_checkpoint``
+    (and ``resume_from``: the other ranks get rank 0's).
     """
     if loss_fn.needs_teacher and teacher is None:
         raise ValueError(f"{loss_fn} needs a teacher")
     device = config.device
+    ranks = distributed.ranks()
+    if config.batch_size < ranks.world:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {ranks.world} training processes")
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     student.to(device).train()
@@ -188,13 +202,17 @@ def distil(
         images, labels = images.to(device), labels.to(device)
     teacher_layers, student_layers = loss_fn.teacher_layers(), loss_fn.student_layers()
     # Teacher logits are fixed per sample, unless the teacher must run anyway (for its
-    # features) or sees distorted inputs.
+    # features) or sees distorted inputs. Each rank computes a block of them.
     teacher_logits = None
     cacheable = not teacher_layers and loss_fn.views == 1 and loss_fn.needs_teacher
-    if teacher is not None and cacheable and len(train) * 4 * _num_outputs(student, train, device) <= _LOGIT_CACHE_BYTES:
-        teacher_logits = predict_logits(teacher, train, normalization, device).to(images.device)
+    outputs = _num_outputs(student, train, device)
+    if teacher is not None and cacheable and len(train) * 4 * outputs <= _LOGIT_CACHE_BYTES:
+        rows = distributed.rows_of(len(train), ranks)
+        block = predict_logits(teacher, train, normalization, device, rows=rows) if rows else torch.zeros(0, outputs)
+        teacher_logits = distributed.gather_rows(block.to(device), len(train)).to(images.device)
 
     step = 0
+    resume_from = distributed.from_leader(resume_from)
     if resume_from is not None:
         student.load_state_dict(resume_from["student"])
         loss_fn.load_state_dict(resume_from["loss"])
@@ -204,6 +222,14 @@ def distil(
 
     student_store: dict[str, torch.Tensor] = {}
     teacher_store: dict[str, torch.Tensor] = {}
+    learner = distributed.wrap(
+        _Learner(student, loss_fn, teacher, student_store, teacher_store),
+        device,
+        # Stage one (hints, flow) leaves the student's head and the other terms' adapters idle.
+        find_unused_parameters=loss_fn.pretrain_epochs > 0 or any(True for _ in loss_fn.parameters()),
+    )
+    visits = torch.zeros(len(train), dtype=torch.int32, device=images.device)
+    stop = False
     window_loss, window_steps, last_report = 0.0, 0, time.perf_counter()
     epoch_loss, final_loss = 0.0, math.nan
     with features.tap(student, student_layers, student_store), (
@@ -212,20 +238,23 @@ def distil(
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
             pretraining = step < pretrain_steps
-            # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
+            # The order depends on (seed, epoch) only, so a resumed run, and every rank, sees the same batches.
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
             order = order.to(images.device)
             epoch_loss = 0.0
             for batch_start in range(offset * config.batch_size, len(train), config.batch_size):
-                index = order[batch_start : batch_start + config.batch_size]
+                global_batch = order[batch_start : batch_start + config.batch_size]
+                index = distributed.shard(global_batch, ranks)
+                visits.index_add_(0, index, torch.ones_like(index, dtype=torch.int32))
                 x = normalization.apply(images[index].to(device, non_blocking=True))
                 y = labels[index].to(device, non_blocking=True)
                 if device.startswith("cuda"):
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device):
                     cached = teacher_logits[index].to(device, non_blocking=True) if teacher_logits is not None else None
-                    batch = _forward(student, teacher, loss_fn, x, y, cached, student_store, teacher_store)
-                    loss = loss_fn(batch, pretraining=pretraining)
+                    # Weighted by the shard's share, so that DDP's mean over ranks is the global batch's mean.
+                    share = len(index) * ranks.world / len(global_batch)
+                    loss = learner(x, y, cached, pretraining) * share
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
@@ -233,7 +262,12 @@ def distil(
                 schedule.step()
                 step += 1
 
-                step_loss = float(loss.detach())  # one sync per step; cheap next to the step itself
+                # One sync per step (cheap next to the step itself); with several ranks it also
+                # agrees on stopping, so that all of them stop after the same step.
+                agreed = distributed.sum_across(
+                    torch.stack([loss.detach().float().cpu(), torch.tensor(float(stop_requested is not None and stop_requested()))])
+                )
+                step_loss, stop = float(agreed[0]) / ranks.world, bool(agreed[1] > 0)
                 epoch_loss += step_loss
                 window_loss += step_loss
                 window_steps += 1
@@ -252,7 +286,7 @@ def distil(
                     total_steps,
                     config.checkpoint_interval_steps,
                     on_checkpoint,
-                    stop_requested,
+                    lambda: stop,
                     lambda: {
                         "student": student.state_dict(),
                         "loss": loss_fn.state_dict(),
@@ -263,8 +297,42 @@ def distil(
                 if step == pretrain_steps and pretraining:
                     break  # stage one ends here, mid-epoch if need be
             final_loss = epoch_loss / max(1, steps_per_epoch - offset)
+    distributed.copy_leader_state(student)
     student.eval()
-    return TrainResult(steps=total_steps, final_loss=final_loss, wall_seconds=time.perf_counter() - started)
+    return TrainResult(
+        steps=total_steps,
+        final_loss=final_loss,
+        wall_seconds=time.perf_counter() - started,
+        visits=distributed.sum_across(visits.cpu()),
+        world_size=ranks.world,
+    )
+
+
+class _Learner(nn.Module):
+    """What trains, the student and the loss terms' adapters, as one module: DDP averages all their gradients.
+
+    Its forward is one batch's loss. The teacher and the feature stores sit in
+    a tuple, unregistered, so DDP neither broadcasts nor syncs the teacher.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        loss_fn: WeightedLoss,
+        teacher: Callable[[torch.Tensor], torch.Tensor] | None,
+        student_store: dict[str, torch.Tensor],
+        teacher_store: dict[str, torch.Tensor],
+    ) -> None:
+        super().__init__()
+        self.student, self.loss_fn = student, loss_fn
+        self.frozen = (teacher, student_store, teacher_store)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, cached_teacher_logits: torch.Tensor | None, pretraining: bool
+    ) -> torch.Tensor:
+        teacher, student_store, teacher_store = self.frozen
+        batch = _forward(self.student, teacher, self.loss_fn, x, y, cached_teacher_logits, student_store, teacher_store)
+        return self.loss_fn(batch, pretraining=pretraining)
 
 
 def _forward(

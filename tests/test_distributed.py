@@ -1,0 +1,103 @@
+"""Training on 2 CPU processes (gloo, launched by torch.distributed's elastic agent, as torchrun launches)
+takes the same steps as training on 1 process with the same global batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from distill import data, distributed, losses, models
+from distill.datafree import DataFreeConfig, distil_data_free
+from distill.trainer import Interrupted, TrainConfig, TrainResult, distil
+
+CONFIG = TrainConfig(epochs=2, batch_size=32, seed=3)
+
+
+def _kd_run(stop_requested: Any = None, on_checkpoint: Any = None) -> tuple[TrainResult, torch.nn.Module]:
+    """Every rank builds the same data, teacher and student; only the sharding differs."""
+    torch.manual_seed(0)
+    splits = data.Splits(*data.generated_splits(num_classes=4, train_size=300, val_size=10, seed=5))
+    teacher = models.build("lenet5", 4, 1).eval()
+    student = models.build("lenet5_half", 4, 1)
+    loss = losses.WeightedLoss([(0.7, losses.KnowledgeDistillation()), (0.3, losses.CrossEntropy())])
+    result = distil(student, teacher, loss, splits.train, splits.normalization, CONFIG,
+                    stop_requested=stop_requested, on_checkpoint=on_checkpoint)
+    return result, student
+
+
+def _kd_rank() -> dict[str, Any]:
+    distributed.init("cpu")
+    torch.set_num_threads(1)
+    result, student = _kd_run()
+    return {"result": result, "state": student.state_dict()}
+
+
+def _stop_rank() -> dict[str, Any]:
+    """Only rank 1 is asked to stop (after its 3rd step); only rank 0 may write the checkpoint."""
+    distributed.init("cpu")
+    torch.set_num_threads(1)
+    rank, polls, checkpoints = distributed.ranks().rank, [], []
+
+    def asked() -> bool:
+        polls.append(1)
+        return rank == 1 and len(polls) >= 3
+
+    try:
+        _kd_run(stop_requested=asked, on_checkpoint=checkpoints.append if rank == 0 else None)
+    except Interrupted:
+        return {"stopped_after": len(polls), "checkpoint_steps": [c["step"] for c in checkpoints]}
+    return {"stopped_after": None}
+
+
+def _data_free_rank() -> dict[str, Any]:
+    distributed.init("cpu")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    teacher = models.build("resnet8_cifar", 4, 3).eval()  # BatchNorm: the bn_prior method, hooks on every rank
+    student = models.build("lenet5_half", 4, 3)
+    config = DataFreeConfig(iterations=4, student_steps=2, batch_size=16, generator_width=8, checkpoint_interval_steps=1000)
+    at_end: dict[str, torch.Tensor] = {}
+
+    def snapshot(progress: Any) -> None:  # the last report comes before ranks copy rank 0's state
+        if progress.step == config.iterations:
+            at_end.update({name: p.detach().clone() for name, p in student.named_parameters()})
+
+    result = distil_data_free(student, teacher, (3, 32, 32), config, on_progress=snapshot)
+    return {"loss": result.final_loss, "world": result.world_size, "method": result.method, "student": at_end}
+
+
+def _two_processes(entrypoint: Any) -> dict[int, Any]:
+    return distributed.launch(distributed.Launch(processes_per_node=2, run_id=entrypoint.__name__), entrypoint)
+
+
+def test_two_processes_take_the_one_process_steps() -> None:
+    alone, alone_student = _kd_run()
+    ranks = _two_processes(_kd_rank)
+
+    assert sorted(ranks) == [0, 1]
+    for outcome in ranks.values():
+        together = outcome["result"]
+        assert together.world_size == 2 and alone.world_size == 1
+        assert together.final_loss == pytest.approx(alone.final_loss, rel=1e-3)
+        # The same samples, each as often: every sample once per epoch, between the two ranks.
+        assert torch.equal(together.visits, alone.visits)
+        assert torch.equal(alone.visits, torch.full((300,), CONFIG.epochs, dtype=torch.int32))
+        for name, value in alone_student.state_dict().items():
+            torch.testing.assert_close(outcome["state"][name], value, atol=2e-4, rtol=1e-3, msg=name)
+    assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in ranks[0]["state"])
+
+
+def test_a_stop_asked_of_one_rank_stops_all_after_the_same_step() -> None:
+    ranks = _two_processes(_stop_rank)
+    assert ranks[0]["stopped_after"] == ranks[1]["stopped_after"] == 3
+    assert ranks[0]["checkpoint_steps"] == [3]  # rank 0 wrote it; rank 1 had no callback to write with
+
+
+def test_data_free_ranks_train_one_student() -> None:
+    ranks = _two_processes(_data_free_rank)
+    assert ranks[0]["world"] == 2 and ranks[0]["method"] == "bn_prior"
+    assert ranks[0]["loss"] == ranks[1]["loss"] and torch.isfinite(torch.tensor(ranks[0]["loss"]))
+    # Each rank trained on its own generated images; DDP kept the student's weights the same.
+    assert ranks[0]["student"] and all(torch.equal(v, ranks[1]["student"][k]) for k, v in ranks[0]["student"].items())
