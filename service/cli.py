@@ -112,6 +112,14 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
         spec.data_free.iterations = args.iterations
     if args.device:
         spec.device = pb.Device.Value(f"DEVICE_{args.device.upper()}")
+    for field, value in (
+        ("processes_per_node", args.processes_per_node),
+        ("nodes", args.nodes),
+        ("rendezvous_endpoint", args.rendezvous_endpoint),
+        ("run_id", args.run_id),
+    ):
+        if value is not None:
+            setattr(spec.distributed, field, value)
     return spec
 
 
@@ -285,6 +293,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--iterations", type=int, help="data-free: generator iterations")
     s.add_argument("--benchmark-only", metavar="STUDENT_MODEL_ID", help="no training: report the teacher against this uploaded model")
     s.add_argument("--device", choices=["cpu", "cuda"])
+    s.add_argument("--processes-per-node", type=int, help="distributed: training processes per node (one per GPU)")
+    s.add_argument("--nodes", type=int, help="distributed: nodes training together (submit to each node's server)")
+    s.add_argument("--rendezvous-endpoint", metavar="HOST:PORT", help="distributed, several nodes: where they meet")
+    s.add_argument("--run-id", help="distributed: nodes with the same id train together (default: from the spec)")
     s.add_argument("--request-id", help="idempotency key (default: random)")
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
     s.set_defaults(fn=cmd_submit)

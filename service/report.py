@@ -203,7 +203,7 @@ def how_it_was_made(report: pb.Report) -> list[str]:
         )
     elif report.HasField("data_free"):
         lines = [
-            f"Method: {t.method}; {t.steps} generator iterations on {t.device}, {t.wall_seconds:.1f} s; "
+            f"Method: {t.method}; {t.steps} generator iterations on {_where(t)}, {t.wall_seconds:.1f} s; "
             f"final student L1 {t.final_loss:.4f}."
         ]
         lines.append(
@@ -214,7 +214,7 @@ def how_it_was_made(report: pb.Report) -> list[str]:
         )
     else:
         lines = [
-            f"Method: {t.method}; {t.epochs} epochs, {t.steps} steps on {t.device}, {t.wall_seconds:.1f} s; "
+            f"Method: {t.method}; {t.epochs} epochs, {t.steps} steps on {_where(t)}, {t.wall_seconds:.1f} s; "
             f"final-epoch loss {t.final_loss:.4f}; {t.train_samples} training and {t.val_samples} validation samples.",
             "Accuracy is the final model's on the validation split (no checkpoint was picked by it).",
         ]
@@ -283,3 +283,8 @@ def _data_free_section(d: pb.DataFreeSummary) -> list[str]:
     if empty:
         lines += ["", f"**No generated image was classed as {', '.join(empty)}.**"]
     return lines
+
+
+def _where(t: pb.TrainingSummary) -> str:
+    """cpu; or "2 cpu processes (torch.distributed)" for a distributed job."""
+    return f"{t.processes} {t.device} processes (torch.distributed)" if t.processes > 1 else t.device

@@ -79,7 +79,7 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
         self.store = store
         self.supervisor = supervisor
         self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
-        self.cuda_available = torch.cuda.is_available()
+        self.cuda_devices = torch.cuda.device_count()
 
     # ------------------------------------------------------------- models
 
@@ -181,7 +181,7 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             raise InvalidArgument("request_id is longer than 128 characters")
         if not self.supervisor.accepting:
             raise Unavailable("the server is shutting down; retry on another replica or after the restart")
-        plan = specs.plan(request.spec, self.config.data_roots, self.cuda_available)
+        plan = specs.plan(request.spec, self.config.data_roots, self.cuda_devices)
         teacher = self.store.get_model(request.spec.teacher_model_id)
         if teacher is None:
             raise NotFound(f"teacher model {request.spec.teacher_model_id!r} not found; upload it first")

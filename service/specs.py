@@ -7,10 +7,13 @@ message names the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from distill import data, losses, models
+from distill import data, distributed, losses, models
 from distill.benchmark import DEFAULT_BATCH_SIZES, TimingPlan
 from distill.datafree import DataFreeConfig
 from distill.trainer import TrainConfig
@@ -101,6 +104,12 @@ class JobPlan:
     benchmark: BenchmarkPlan
     data_free: DataFreePlan | None = None
     benchmark_only: BenchmarkOnlyPlan | None = None
+    distributed: distributed.Launch | None = None  # None: train in the worker process itself
+
+    def on_device(self, device: str) -> JobPlan:
+        """The same plan, training on ``device`` (one rank's GPU, cuda:N)."""
+        data_free = self.data_free and replace(self.data_free, config=replace(self.data_free.config, device=device))
+        return replace(self, training=replace(self.training, device=device), data_free=data_free)
 
 
 def confine(path: str, roots: tuple[Path, ...], field_name: str) -> Path:
@@ -138,8 +147,12 @@ def _or_default(value: float, default: float) -> float:
     return value if value else default
 
 
-def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -> JobPlan:
-    """Validate ``spec`` and fill in defaults. Raises InvalidArgument or FailedPrecondition."""
+def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> JobPlan:
+    """Validate ``spec`` and fill in defaults. Raises InvalidArgument or FailedPrecondition.
+
+    ``cuda_devices``: how many GPUs this server sees (0: none).
+    """
+    cuda_available = cuda_devices > 0
     if not spec.teacher_model_id:
         raise InvalidArgument("teacher_model_id is required (upload the teacher with UploadModel first)")
     benchmark_only = _benchmark_only_plan(spec) if spec.HasField("benchmark_only") else None
@@ -211,6 +224,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_available: bool) -
         benchmark=benchmark,
         data_free=data_free,
         benchmark_only=benchmark_only,
+        distributed=_distributed_plan(spec, device, cuda_devices) if spec.HasField("distributed") else None,
     )
 
 
@@ -245,6 +259,39 @@ def _export_plan(e: pb.ExportSpec) -> ExportPlan:
         accuracy_budget=budget,
         input_size=input_size,
     )
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _distributed_plan(spec: pb.JobSpec, device: str, cuda_devices: int) -> distributed.Launch:
+    d = spec.distributed
+    if spec.HasField("benchmark_only"):
+        raise InvalidArgument("distributed does not apply to a benchmark-only job (it trains nothing)")
+    _in_range(d.processes_per_node, 0, 256, "distributed.processes_per_node")
+    _in_range(d.nodes, 0, 1024, "distributed.nodes")
+    processes, nodes = d.processes_per_node or 1, d.nodes or 1
+    # One GPU per process; on CPU, more processes than cores would only thrash.
+    room, unit = (cuda_devices, "GPUs") if device == "cuda" else (os.cpu_count() or 1, "CPU cores")
+    if processes > room:
+        raise FailedPrecondition(
+            f"distributed.processes_per_node {processes} is more than this server's {room} {unit}"
+        )
+    endpoint = d.rendezvous_endpoint or "localhost:0"
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c.isspace() for c in endpoint):
+        raise InvalidArgument(f"distributed.rendezvous_endpoint {endpoint!r} must be host:port")
+    if nodes > 1 and (not d.rendezvous_endpoint or int(port) == 0):
+        raise InvalidArgument("distributed.rendezvous_endpoint (host:port, a fixed port) is required when nodes > 1")
+    if d.run_id and not _RUN_ID.fullmatch(d.run_id):
+        raise InvalidArgument("distributed.run_id must be 1-64 letters, digits, '.', '_' or '-'")
+    world = processes * nodes
+    batch = (spec.data_free.batch_size or 256) if spec.HasField("data_free") else (spec.training.batch_size or 128)
+    if batch < world:
+        raise InvalidArgument(f"the batch size ({batch}) must be at least the number of training processes ({world})")
+    # Identical submissions to every node must meet: the default id is the spec's own digest.
+    run_id = d.run_id or "job-" + hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return distributed.Launch(processes_per_node=processes, nodes=nodes, rendezvous_endpoint=endpoint, run_id=run_id)
 
 
 def _benchmark_only_plan(spec: pb.JobSpec) -> BenchmarkOnlyPlan:

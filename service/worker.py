@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from google.protobuf import json_format
 from torchvision.utils import save_image
 
-from distill import models
+from distill import distributed, models
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory
 from distill.data import ImageData, Normalization, Splits, resize
@@ -44,7 +44,7 @@ from exporters import onnx_export, onnx_teacher, quantize
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import report as report_format
 from service import report_html
-from service import bundle, model_formats, specs
+from service import bundle, model_formats, ranks, specs
 from service.artifacts import BlobStore
 from service.config import ServerConfig
 from service.errors import describe, status_code
@@ -65,6 +65,7 @@ STAGE_START = {
 PARITY_SAMPLES = 1000
 CALIBRATION_SAMPLES = 512  # INT8 activation ranges: min/max over this many evaluation inputs
 CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+_TRAINED = "trained.pt"  # a distributed job's trained weights, left in the workdir by each node's first rank
 
 
 # Exit status of a worker that stopped for a drain (EX_TEMPFAIL): its job goes back to the queue.
@@ -76,7 +77,7 @@ def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
     """Process entry point (spawned by the supervisor)."""
     # Own process group: cancelling kills the worker and anything it started.
     os.setpgrp()
-    _die_with_server(server_pid)
+    _die_with_parent(server_pid)
     # The parent owns shutdown; a Ctrl-C in the terminal must not kill jobs half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = StopRequest()
@@ -104,15 +105,44 @@ def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
         store.close()
 
 
-def _die_with_server(server_pid: int) -> None:
-    """Ask Linux to SIGKILL this worker when the server dies (even by kill -9).
+def rank_main(config: ServerConfig, job_id: str, worker_pid: int) -> tuple[bytes, dict[str, Any] | None]:
+    """Entry point of one training process of a distributed job, started by the job's worker (its elastic agent).
 
-    An orphan would keep training a job that the restarted server requeues and
-    runs again: two writers of one checkpoint.
+    Returns the training summary (serialised) and, for data-free training, the
+    fields of its result; local rank 0 leaves the trained weights in the workdir.
+    """
+    _die_with_parent(worker_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = StopRequest()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    logging.basicConfig(
+        filename=config.logs_dir / f"{job_id}.log",
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s",
+    )
+    log.info("job %s: training process rank %d (local %d) pid %d", job_id, rank, local_rank, os.getpid())
+    # The node's processes share the worker's share of the cores.
+    torch.set_num_threads(max(1, config.threads_per_worker() // int(os.environ["LOCAL_WORLD_SIZE"])))
+    keep_freed_memory()
+    store = Store(config.db_path)
+    job = Job(config, store, job_id, stop, rank=rank, local_rank=local_rank)
+    try:
+        with ranks.reporting_errors(job.workdir, rank):
+            return job.train_as_rank()
+    finally:
+        store.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (even by kill -9).
+
+    A worker outliving the server would keep training a job that the restarted
+    server requeues and runs again: two writers of one checkpoint. A training
+    process outliving its worker would wait on its peers for ever.
     """
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != server_pid:  # it died before the request took effect
+    if os.getppid() != parent_pid:  # it died before the request took effect
         os._exit(1)
 
 
@@ -228,8 +258,12 @@ class Student:
 
 
 class Job:
-    def __init__(self, config: ServerConfig, store: Store, job_id: str, stop: StopRequest) -> None:
+    def __init__(
+        self, config: ServerConfig, store: Store, job_id: str, stop: StopRequest, rank: int = 0, local_rank: int = 0
+    ) -> None:
         self.config, self.store, self.job_id, self.stop = config, store, job_id, stop
+        # In a distributed job's training processes: each node's first reports progress, rank 0 alone checkpoints.
+        self.rank, self.local_rank = rank, local_rank
         self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
         self.workdir = config.tmp_dir / job_id
         self.checkpoint_path = config.checkpoints_dir / f"{job_id}.pt"
@@ -241,6 +275,8 @@ class Job:
 
     def stage(self, name: str, message: str = "") -> None:
         log.info("stage %s %s", name, message)
+        if self.local_rank != 0:
+            return
         self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=STAGE_START[name], message=message))
 
     def on_progress(self, p: Progress) -> None:
@@ -268,14 +304,13 @@ class Job:
 
     # ---------------------------------------------------------- pipeline
 
-    def run(self) -> None:
+    def plan(self) -> specs.JobPlan:
         job = self.store.get_job(self.job_id)
         assert job is not None
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        plan = specs.plan(job.spec, self.config.data_roots, torch.cuda.is_available())
-        device = plan.training.device
+        return specs.plan(job.spec, self.config.data_roots, torch.cuda.device_count())
 
-        self.stage("load_teacher")
+    def load_inputs(self, plan: specs.JobPlan) -> tuple[pb.Model, Splits | None, tuple[int, int, int], Teacher]:
+        """The teacher's store row, the dataset (when the job has one), the teacher's input shape, the teacher on its device."""
         teacher_row = self.model_row(plan.teacher_model_id, "teacher")
         splits = plan.dataset.load() if plan.dataset else None
         input_shape = _input_shape(plan, splits)
@@ -284,7 +319,16 @@ class Job:
             raise ValueError(
                 f"the teacher has {teacher.num_classes} outputs but the dataset has {len(splits.train.classes)} classes"
             )
-        teacher.model.to(device)
+        teacher.model.to(plan.training.device)
+        return teacher_row, splits, input_shape, teacher
+
+    def run(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        plan = self.plan()
+        device = plan.training.device
+
+        self.stage("load_teacher")
+        teacher_row, splits, input_shape, teacher = self.load_inputs(plan)
 
         student = self.obtain_student(plan, teacher, splits, input_shape, device)
 
@@ -384,19 +428,80 @@ class Job:
                 student.model.to(device)
             return student
         self.stage("build_student", plan.student_architecture)
-        torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included
-        student = Student(models.build(plan.student_architecture, teacher.num_classes, input_shape[0]), plan.student_architecture)
-        resume = None
-        if self.checkpoint_path.exists():
-            resume = torch.load(self.checkpoint_path, map_location=device, weights_only=True)
-        if plan.data_free:
-            student.training, result = self.distil_without_data(plan, teacher, student.model, input_shape, resume)
+        student = Student(self.new_student(plan, teacher.num_classes, input_shape[0]), plan.student_architecture)
+        if plan.distributed:
+            student.training, result = self.distil_on_ranks(plan, student.model)
+        else:
+            student.training, result = self.train(plan, teacher, student.model, splits, input_shape, self.resume(device))
+        if result is not None:
+            assert plan.data_free is not None
             student.data_free = self.inspect_generator(result, plan.data_free.config, teacher, student.model)
             student.generator = result.generator
-        else:
-            assert splits is not None
-            student.training = self.distil_with_data(plan, teacher, student.model, splits, resume)
         return student
+
+    def new_student(self, plan: specs.JobPlan, num_classes: int, channels: int) -> torch.nn.Module:
+        torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included (on every rank)
+        return models.build(plan.student_architecture, num_classes, channels)
+
+    def resume(self, device: str) -> dict[str, Any] | None:
+        """The job's last checkpoint, if it has one (a restart or a drain interrupted it)."""
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+
+    def train(
+        self,
+        plan: specs.JobPlan,
+        teacher: Teacher,
+        student: torch.nn.Module,
+        splits: Splits | None,
+        input_shape: tuple[int, int, int],
+        resume: dict[str, Any] | None,
+    ) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
+        """Distil in this process (one of several, or the only one); the result is set for data-free training."""
+        if plan.data_free:
+            return self.distil_without_data(plan, teacher, student, input_shape, resume)
+        assert splits is not None
+        return self.distil_with_data(plan, teacher, student, splits, resume), None
+
+    def distil_on_ranks(
+        self, plan: specs.JobPlan, student: torch.nn.Module
+    ) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
+        """Train on the plan's processes (this worker is their elastic agent), then take the trained weights."""
+        assert plan.distributed is not None
+        launch = replace(plan.distributed, log_dir=str(self.config.logs_dir / f"{self.job_id}.ranks"))
+        log.info("launching %d training processes per node on %d node(s), run %s",
+                 launch.processes_per_node, launch.nodes, launch.run_id)
+        outcomes = ranks.run(launch, self.workdir, rank_main, self.config, self.job_id, os.getpid())
+        summary, data_free = outcomes[min(outcomes)]  # this node's first rank
+        trained = torch.load(self.workdir / _TRAINED, map_location="cpu", weights_only=True)
+        student.load_state_dict(trained["student"])
+        result = None
+        if data_free is not None:
+            generator = Generator.from_checkpoint(trained["generator"]).to(plan.training.device)
+            result = DataFreeResult(**data_free, generator=generator)
+        return pb.TrainingSummary.FromString(summary), result
+
+    def train_as_rank(self) -> tuple[bytes, dict[str, Any] | None]:
+        """One training process's share of ``distil_on_ranks`` (see ``rank_main``)."""
+        plan = self.plan()
+        plan = plan.on_device(distributed.init(plan.training.device))
+        _, splits, input_shape, teacher = self.load_inputs(plan)
+        student = self.new_student(plan, teacher.num_classes, input_shape[0])
+        resume = self.resume(plan.training.device) if self.rank == 0 else None  # the engine hands it to the others
+        summary, result = self.train(plan, teacher, student, splits, input_shape, resume)
+        if self.local_rank == 0:  # every node's worker goes on with the trained student
+            trained = {"student": student.state_dict()}
+            if result is not None:
+                trained["generator"] = result.generator.to_checkpoint()
+            tmp = self.workdir / f"{_TRAINED}.tmp"
+            torch.save(trained, tmp)
+            os.replace(tmp, self.workdir / _TRAINED)
+        torch.distributed.destroy_process_group()
+        fields = None
+        if result is not None:
+            fields = {name: getattr(result, name) for name in ("method", "iterations", "final_loss", "wall_seconds", "world_size")}
+        return summary.SerializeToString(), fields
 
     def student_logits(self, student: Student, inputs: EvalInputs, resized: bool, device: str) -> torch.Tensor:
         try:
@@ -440,8 +545,8 @@ class Job:
                 splits.train,
                 splits.normalization,
                 plan.training,
-                on_progress=self.on_progress,
-                on_checkpoint=self.on_checkpoint,
+                on_progress=self.on_progress if self.local_rank == 0 else None,
+                on_checkpoint=self.on_checkpoint if self.rank == 0 else None,
                 resume_from=resume,
                 stop_requested=self.stop,
             )
@@ -451,8 +556,10 @@ class Job:
             steps=trained.steps,
             final_loss=trained.final_loss,
             wall_seconds=trained.wall_seconds,
-            device=plan.training.device,
+            device=_device_kind(plan.training.device),
             train_samples=len(splits.train),
+            processes=trained.world_size,
+            samples_seen=int(trained.visits.sum()),
         )
 
     def distil_without_data(
@@ -477,8 +584,8 @@ class Job:
                 teacher.model,
                 input_shape,
                 config,
-                on_progress=self.on_progress,
-                on_checkpoint=self.on_checkpoint,
+                on_progress=self.on_progress if self.local_rank == 0 else None,
+                on_checkpoint=self.on_checkpoint if self.rank == 0 else None,
                 resume_from=resume,
                 stop_requested=self.stop,
             )
@@ -487,7 +594,8 @@ class Job:
             steps=trained.iterations,
             final_loss=trained.final_loss,
             wall_seconds=trained.wall_seconds,
-            device=config.device,
+            device=_device_kind(config.device),
+            processes=trained.world_size,
         )
         return summary, trained
 
@@ -707,6 +815,10 @@ class Job:
                 name = names[c] if c < len(names) else str(c)
                 report.per_class.add(name=name, samples=samples, teacher_top1=teacher_top1, student_top1=student_top1)
         return report
+
+
+def _device_kind(device: str) -> str:
+    return device.split(":")[0]  # cuda:3 -> cuda
 
 
 def _input_shape(plan: specs.JobPlan, splits: Splits | None) -> tuple[int, int, int]:

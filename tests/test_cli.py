@@ -67,6 +67,15 @@ def test_benchmark_only_flags_build_the_spec() -> None:
     assert not spec.HasField("data_free") and not spec.HasField("student")
 
 
+def test_distributed_flags_build_the_spec() -> None:
+    args = cli.parser().parse_args(
+        ["submit", "--teacher", "m-1", "--processes-per-node", "8", "--nodes", "2", "--rendezvous-endpoint", "node0:29400"]
+    )
+    d = cli.build_spec(args).distributed
+    assert (d.processes_per_node, d.nodes, d.rendezvous_endpoint, d.run_id) == (8, 2, "node0:29400", "")
+    assert not cli.build_spec(cli.parser().parse_args(["submit", "--teacher", "m-1"])).HasField("distributed")
+
+
 def test_bad_serve_flags_and_missing_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--data-dir", str(tmp_path), "--tls-cert", str(tmp_path / "cert.pem")]) == 2
     assert capsys.readouterr().err == "error: TLS needs both a certificate and a key\n"

@@ -11,6 +11,10 @@ import torch
 from distill import data, distributed, losses, models
 from distill.datafree import DataFreeConfig, distil_data_free
 from distill.trainer import Interrupted, TrainConfig, TrainResult, distil
+from protos.distillery.v1 import distillery_pb2 as pb
+from service.client import Client
+from service.report import to_markdown
+from tests.conftest import tiny_spec
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, seed=3)
 
@@ -101,3 +105,19 @@ def test_data_free_ranks_train_one_student() -> None:
     assert ranks[0]["loss"] == ranks[1]["loss"] and torch.isfinite(torch.tensor(ranks[0]["loss"]))
     # Each rank trained on its own generated images; DDP kept the student's weights the same.
     assert ranks[0]["student"] and all(torch.equal(v, ranks[1]["student"][k]) for k, v in ranks[0]["student"].items())
+
+
+def test_a_job_on_two_processes_through_the_service(client: Client, teacher_model: pb.Model) -> None:
+    spec = tiny_spec(teacher_model.id)
+    spec.distributed.processes_per_node = 2
+    events: list[pb.JobEvent] = []
+    job = client.wait(client.create_job(spec).id, events.append)
+
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    report = client.report(job.id)
+    assert report.training.processes == 2 and "on 2 cpu processes (torch.distributed)" in to_markdown(report)
+    # Each sample once per epoch, between the two processes.
+    assert report.training.samples_seen == report.training.epochs * report.training.train_samples
+    assert report.variants[1].model == "student" and report.variants[1].accuracy.top1 > 80
+    steps = [e.step for e in events if e.step]  # progress from one process only: steps never repeat
+    assert steps == sorted(set(steps)) and steps[-1] == report.training.steps

@@ -71,6 +71,18 @@ def worker_pid(data_dir: Path, job_id: str, timeout: float = 60) -> int:
     raise AssertionError(f"no worker pid logged for {job_id}")
 
 
+def rank_pids(data_dir: Path, job_id: str, count: int, timeout: float = 60) -> list[int]:
+    """The pids of a distributed job's training processes, from the line each logs first."""
+    log = data_dir / "logs" / f"{job_id}.log"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = re.findall(r"training process rank \d+ \(local \d+\) pid (\d+)", log.read_text()) if log.exists() else []
+        if len(found) >= count:
+            return [int(pid) for pid in found]
+        time.sleep(0.1)
+    raise AssertionError(f"{count} training processes did not log their pids for {job_id}")
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -125,16 +137,19 @@ def test_kill_9_mid_training_resumes_from_its_checkpoint_and_loses_nothing(tmp_p
         process.wait()
 
 
-def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Path, teacher_file: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 2], ids=["in-worker", "2-processes"])
+def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Path, teacher_file: Path, processes: int) -> None:
     data_dir = tmp_path / "data"
     process, address = spawn_server(data_dir, ["--drain-timeout", "20"])
     try:
         with Client(address) as client:
             teacher = client.upload(teacher_file, architecture="lenet5")
             spec = long_spec(teacher.id, checkpoint_every=100_000)  # only the drain can write a checkpoint
+            if processes:  # the ranks agree on a step; rank 0 writes the checkpoint there
+                spec.distributed.processes_per_node = processes
             job = client.create_job(spec)
             wait_for_step(client, job.id, 30)
-            worker = worker_pid(data_dir, job.id)
+            workers = [worker_pid(data_dir, job.id), *(rank_pids(data_dir, job.id, processes) if processes else [])]
 
             stream_events: list[pb.JobEvent] = []
             stream_errors: list[grpc.RpcError] = []
@@ -172,7 +187,7 @@ def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Pat
             for thread in threads:
                 thread.join(10)
         assert not stream_errors, "WatchJob must end cleanly on a drain"
-        assert not alive(worker)
+        assert not any(alive(pid) for pid in workers)
         checkpoint = torch.load(data_dir / "checkpoints" / f"{job.id}.pt", weights_only=True)
         assert checkpoint["step"] >= 30  # written by the drain at the step it stopped
 

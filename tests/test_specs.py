@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from distill import losses
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import specs
-from service.errors import InvalidArgument
+from service.errors import FailedPrecondition, InvalidArgument
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_example_spec_is_valid(tmp_path: Path) -> None:
     spec = json_format.ParseDict(yaml.safe_load((REPO / "examples/mnist-kd.yaml").read_text()), pb.JobSpec())
     spec.teacher_model_id = "m-x"
-    plan = specs.plan(spec, (tmp_path,), cuda_available=False)
+    plan = specs.plan(spec, (tmp_path,), cuda_devices=0)
     assert plan.dataset.root == tmp_path.resolve() and plan.training.device == "cpu"
     assert plan.methods == [losses.MethodConfig("kd", 1.0, {"temperature": 4.0, "alpha": 0.9})]
 
@@ -27,7 +27,7 @@ def test_example_spec_is_valid(tmp_path: Path) -> None:
 def test_data_free_example_and_defaults(tmp_path: Path) -> None:
     spec = json_format.ParseDict(yaml.safe_load((REPO / "examples/mnist-datafree.yaml").read_text()), pb.JobSpec())
     spec.teacher_model_id = "m-x"
-    plan = specs.plan(spec, (tmp_path,), cuda_available=False)
+    plan = specs.plan(spec, (tmp_path,), cuda_devices=0)
     assert plan.data_free is not None and plan.methods == []
     assert plan.data_free.input_shape == (1, 28, 28) and plan.dataset is not None
     config = plan.data_free.config
@@ -39,7 +39,7 @@ def test_data_free_example_and_defaults(tmp_path: Path) -> None:
         data_free=pb.DataFreeSpec(method=pb.DATA_FREE_METHOD_DFAD, input_shape=pb.InputShape(channels=3, height=32, width=32)),
     )
     bare.data_free.balance_weight = 0  # explicit zero: the paper's pure DFAD
-    plan = specs.plan(bare, (tmp_path,), cuda_available=True)
+    plan = specs.plan(bare, (tmp_path,), cuda_devices=1)
     config = plan.data_free.config
     assert plan.dataset is None and config.method == "dfad" and config.balance_weight == 0
     assert (config.iterations, config.student_steps, config.batch_size, config.generator_width) == (2000, 5, 256, 64)
@@ -52,7 +52,7 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
         student=pb.StudentSpec(architecture="lenet5_half"),
         dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
     )
-    plan = specs.plan(spec, (tmp_path,), cuda_available=True)
+    plan = specs.plan(spec, (tmp_path,), cuda_devices=1)
     assert plan.training.epochs == 10 and plan.training.lr == 0.05 and plan.training.device == "cuda"
     assert plan.benchmark.timing.batch_sizes == (1, 8, 32, 128) and plan.export == specs.ExportPlan()
     assert plan.dataset.generated["train_size"] == 6000
@@ -88,7 +88,7 @@ def test_out_of_range_fields_are_named(tmp_path: Path, mutate, message: str) -> 
     )
     mutate(spec)
     with pytest.raises(InvalidArgument, match=message):
-        specs.plan(spec, (tmp_path,), cuda_available=False)
+        specs.plan(spec, (tmp_path,), cuda_devices=0)
 
 
 def test_benchmark_only_needs_no_student_architecture_and_no_dataset(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_benchmark_only_needs_no_student_architecture_and_no_dataset(tmp_path: P
         teacher_model_id="m-x",
         benchmark_only=pb.BenchmarkOnlySpec(student_model_id="m-y", input_shape=pb.InputShape(channels=3, height=32, width=32)),
     )
-    plan = specs.plan(spec, (tmp_path,), cuda_available=False)
+    plan = specs.plan(spec, (tmp_path,), cuda_devices=0)
     assert plan.benchmark_only == specs.BenchmarkOnlyPlan("m-y", (3, 32, 32))
     assert plan.dataset is None and plan.student_architecture == ""
 
@@ -120,4 +120,60 @@ def test_bad_benchmark_only_specs_are_named(tmp_path: Path, mutate, message: str
     )
     mutate(spec)
     with pytest.raises(InvalidArgument, match=message):
-        specs.plan(spec, (tmp_path,), cuda_available=False)
+        specs.plan(spec, (tmp_path,), cuda_devices=0)
+
+
+def test_distributed_example_needs_8_gpus(tmp_path: Path) -> None:
+    spec = json_format.ParseDict(yaml.safe_load((REPO / "examples/cifar10-8gpu.yaml").read_text()), pb.JobSpec())
+    spec.teacher_model_id = "m-x"
+    plan = specs.plan(spec, (tmp_path,), cuda_devices=8)
+    assert plan.distributed.world_size == 8 and plan.training.device == "cuda" and plan.training.batch_size == 1024
+    with pytest.raises(FailedPrecondition):
+        specs.plan(spec, (tmp_path,), cuda_devices=4)
+
+
+def test_distributed_plans_and_refusals(tmp_path: Path) -> None:
+    def planned(cuda_devices: int = 0, **fields: object) -> specs.JobPlan:
+        spec = pb.JobSpec(
+            teacher_model_id="m-x",
+            student=pb.StudentSpec(architecture="lenet5_half"),
+            dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+            distributed=pb.DistributedSpec(**fields),
+        )
+        return specs.plan(spec, (tmp_path,), cuda_devices=cuda_devices)
+
+    one = planned().distributed
+    assert (one.processes_per_node, one.nodes, one.rendezvous_endpoint) == (1, 1, "localhost:0")
+    assert one.run_id == planned().distributed.run_id  # identical submissions on two nodes meet
+    two_nodes = planned(nodes=2, rendezvous_endpoint="node0.example:29400").distributed
+    assert two_nodes.world_size == 2 and two_nodes.run_id.startswith("job-")
+    assert planned(cuda_devices=8, processes_per_node=8).distributed.world_size == 8
+    assert planned(run_id="kd-2025.1").distributed.run_id == "kd-2025.1"
+
+    with pytest.raises(FailedPrecondition, match="8 GPUs"):
+        planned(cuda_devices=8, processes_per_node=9)
+    with pytest.raises(FailedPrecondition, match="CPU cores"):
+        planned(processes_per_node=256)
+    for fields, message in [
+        ({"nodes": 2}, "rendezvous_endpoint"),
+        ({"nodes": 2, "rendezvous_endpoint": "node0:0"}, "a fixed port"),
+        ({"rendezvous_endpoint": "node0"}, "host:port"),
+        ({"rendezvous_endpoint": "node0:99999"}, "host:port"),
+        ({"run_id": "../etc"}, "run_id"),
+        ({"processes_per_node": -1}, "processes_per_node"),
+        ({"nodes": 2000, "rendezvous_endpoint": "a:1"}, "nodes"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            planned(**fields)
+    with pytest.raises(InvalidArgument, match="batch size"):
+        specs.plan(
+            pb.JobSpec(
+                teacher_model_id="m-x",
+                student=pb.StudentSpec(architecture="lenet5_half"),
+                dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+                training=pb.TrainingSpec(batch_size=2),
+                distributed=pb.DistributedSpec(nodes=4, rendezvous_endpoint="a:1"),
+            ),
+            (tmp_path,),
+            cuda_devices=0,
+        )

@@ -151,7 +151,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name", "data_free", "benchmark_only")
+    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name", "data_free", "benchmark_only", "distributed")
     TEACHER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,7 @@ class JobSpec(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FREE_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     teacher_model_id: str
     student: StudentSpec
     dataset: DatasetSpec
@@ -174,7 +175,20 @@ class JobSpec(_message.Message):
     display_name: str
     data_free: DataFreeSpec
     benchmark_only: BenchmarkOnlySpec
-    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ..., benchmark_only: _Optional[_Union[BenchmarkOnlySpec, _Mapping]] = ...) -> None: ...
+    distributed: DistributedSpec
+    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ..., benchmark_only: _Optional[_Union[BenchmarkOnlySpec, _Mapping]] = ..., distributed: _Optional[_Union[DistributedSpec, _Mapping]] = ...) -> None: ...
+
+class DistributedSpec(_message.Message):
+    __slots__ = ("processes_per_node", "nodes", "rendezvous_endpoint", "run_id")
+    PROCESSES_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    processes_per_node: int
+    nodes: int
+    rendezvous_endpoint: str
+    run_id: str
+    def __init__(self, processes_per_node: _Optional[int] = ..., nodes: _Optional[int] = ..., rendezvous_endpoint: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class BenchmarkOnlySpec(_message.Message):
     __slots__ = ("student_model_id", "input_shape")
@@ -732,7 +746,7 @@ class Latency(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., p95_ms: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., speedup_vs_teacher: _Optional[float] = ...) -> None: ...
 
 class TrainingSummary(_message.Message):
-    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples")
+    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -741,6 +755,8 @@ class TrainingSummary(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_SEEN_FIELD_NUMBER: _ClassVar[int]
     method: str
     epochs: int
     steps: int
@@ -749,7 +765,9 @@ class TrainingSummary(_message.Message):
     device: str
     train_samples: int
     val_samples: int
-    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ...) -> None: ...
+    processes: int
+    samples_seen: int
+    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ...) -> None: ...
 
 class ExportSummary(_message.Message):
     __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact", "input_shape")
