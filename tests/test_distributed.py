@@ -3,6 +3,8 @@ takes the same steps as training on 1 process with the same global batch."""
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from distill.trainer import Interrupted, TrainConfig, TrainResult, distil
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from service.report import to_markdown
+from service.server import spawn_server, stop_server
 from tests.conftest import tiny_spec
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, seed=3)
@@ -121,3 +124,38 @@ def test_a_job_on_two_processes_through_the_service(client: Client, teacher_mode
     assert report.variants[1].model == "student" and report.variants[1].accuracy.top1 > 80
     steps = [e.step for e in events if e.step]  # progress from one process only: steps never repeat
     assert steps == sorted(set(steps)) and steps[-1] == report.training.steps
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_meet_at_the_rendezvous_and_train_one_student(tmp_path: Path, teacher_file: Path) -> None:
+    """Two servers stand in for two nodes (one process each): the same spec, submitted to both, trains one student."""
+    servers = [spawn_server(tmp_path / f"node{i}") for i in range(2)]
+    clients = [Client(address) for _, address in servers]
+    try:
+        endpoint = f"127.0.0.1:{_free_port()}"
+        jobs = []
+        for client in clients:
+            spec = tiny_spec(client.upload(teacher_file, architecture="lenet5").id)
+            spec.distributed.nodes, spec.distributed.rendezvous_endpoint = 2, endpoint
+            jobs.append(client.create_job(spec).id)
+        students = []
+        for client, job_id in zip(clients, jobs):
+            job = client.wait(job_id)
+            assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+            report = client.report(job_id)
+            assert report.training.processes == 2
+            assert report.training.samples_seen == report.training.epochs * report.training.train_samples
+            path = client.download(job_id, "student.pt", tmp_path / f"{job_id}.pt")
+            students.append(torch.load(path, weights_only=True)["state_dict"])
+        for name, value in students[0].items():  # each node evaluated and shipped the same student
+            assert torch.equal(value, students[1][name]), name
+    finally:
+        for client in clients:
+            client.close()
+        for process, _ in servers:
+            stop_server(process)
