@@ -3,10 +3,14 @@ takes the same steps as training on 1 process with the same global batch."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import torch
 
@@ -18,6 +22,7 @@ from service.client import Client
 from service.report import to_markdown
 from service.server import spawn_server, stop_server
 from tests.conftest import tiny_spec
+from tests.test_reliability import long_spec, rank_pids, wait_for_step
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, seed=3)
 
@@ -159,3 +164,27 @@ def test_two_nodes_meet_at_the_rendezvous_and_train_one_student(tmp_path: Path, 
             client.close()
         for process, _ in servers:
             stop_server(process)
+
+
+def test_a_failing_process_fails_the_job_with_its_own_reason(
+    client: Client, teacher_model: pb.Model, server: tuple[str, Path], tiny_teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    # Killed (what the OOM killer does): the job says which process and how.
+    spec = long_spec(teacher_model.id)
+    spec.distributed.processes_per_node = 2
+    job = client.create_job(spec)
+    wait_for_step(client, job.id, 1)
+    os.kill(rank_pids(server[1], job.id, 2)[1], signal.SIGKILL)
+    failed = client.wait(job.id)
+    assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "was killed by SIGKILL" in failed.error.message
+
+    # Diverged: every process sees the same mean loss; the job gets the engine's message and code.
+    broken = {k: v.clone() for k, v in tiny_teacher.state_dict().items()}
+    next(v for k, v in broken.items() if k.endswith("bias")).fill_(float("nan"))
+    torch.save(broken, tmp_path / "nan.pt")
+    spec = tiny_spec(client.upload(tmp_path / "nan.pt", architecture="lenet5").id)
+    spec.distributed.processes_per_node = 2
+    failed = client.wait(client.create_job(spec).id)
+    assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.ABORTED.value[0]
+    assert re.fullmatch(r"training process \d: loss became nan at step 1; .*", failed.error.message)
