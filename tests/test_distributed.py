@@ -22,7 +22,7 @@ from service.client import Client
 from service.report import to_markdown
 from service.server import spawn_server, stop_server
 from tests.conftest import tiny_spec
-from tests.test_reliability import long_spec, rank_pids, wait_for_step
+from tests.test_reliability import long_spec, rank_pids, wait_for_step, wait_gone
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, seed=3)
 
@@ -166,7 +166,7 @@ def test_two_nodes_meet_at_the_rendezvous_and_train_one_student(tmp_path: Path, 
             stop_server(process)
 
 
-def test_a_failing_process_fails_the_job_with_its_own_reason(
+def test_a_failing_or_cancelled_process_ends_the_job_with_its_own_reason(
     client: Client, teacher_model: pb.Model, server: tuple[str, Path], tiny_teacher: torch.nn.Module, tmp_path: Path
 ) -> None:
     # Killed (what the OOM killer does): the job says which process and how.
@@ -178,6 +178,14 @@ def test_a_failing_process_fails_the_job_with_its_own_reason(
     failed = client.wait(job.id)
     assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.INTERNAL.value[0]
     assert "was killed by SIGKILL" in failed.error.message
+
+    # Cancelled: the worker's process group holds its training processes; all of them end.
+    job = client.create_job(spec)
+    wait_for_step(client, job.id, 1)
+    pids = rank_pids(server[1], job.id, 2)
+    client.cancel(job.id)
+    for pid in pids:
+        wait_gone(pid, 5)
 
     # Diverged: every process sees the same mean loss; the job gets the engine's message and code.
     broken = {k: v.clone() for k, v in tiny_teacher.state_dict().items()}
