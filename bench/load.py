@@ -303,7 +303,7 @@ def summary(
         "",
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}, {platform.platform()}); "
         f"the server, its training worker and the clients all run on it. Server `--worker-threads` "
-        f"{threads_flag}; training intra-op threads {report.environment.num_threads}.",
+        f"{threads_flag}; training intra-op threads {report.environment.num_threads}; `--api-nice` {args.api_nice}.",
         "",
         f"Load: {args.clients} clients in {args.client_processes} process(es), each client a channel, a thread "
         f"calling GetJob then ListJobs (page_size 50) with {args.think_ms:g} ms between calls, and a thread holding a "
@@ -354,6 +354,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="skip the calibration: train this many epochs")
     parser.add_argument("--train-size", type=int, default=4000, help="generated training images")
     parser.add_argument("--worker-threads", type=int, default=0, help="the server's --worker-threads (0: its default)")
+    parser.add_argument("--api-nice", type=int, default=10, help="the server's --api-nice (0: API and training at equal priority)")
     parser.add_argument("--out", type=Path, help="also write the summary here")
     args = parser.parse_args()
     if not 1 <= args.client_processes <= args.clients:
@@ -365,7 +366,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="distillery-load-") as tmp:
         teacher_path = Path(tmp) / "teacher.pt"
         train_teacher(teacher_path)
-        server, address = spawn_server(Path(tmp) / "data", ["--worker-threads", str(args.worker_threads)])
+        server, address = spawn_server(
+            Path(tmp) / "data", ["--worker-threads", str(args.worker_threads), "--api-nice", str(args.api_nice)]
+        )
         try:
             with Client(address) as client:
                 teacher = client.upload(teacher_path, architecture="lenet5")

@@ -54,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_token_file=args.auth_token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        api_nice=args.api_nice,
     )
     asyncio.run(serve(config))
     return 0
@@ -265,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-bytes", type=int, default=8 << 20, help="largest gRPC message; files stream in 1 MiB chunks")
     s.add_argument("--job-time-limit", type=float, default=24 * 3600, help="seconds a job may run; 0: no limit")
     s.add_argument("--drain-timeout", type=float, default=20.0, help="on SIGTERM, seconds running jobs get to checkpoint")
+    s.add_argument("--api-nice", type=int, default=10, help="the API threads' nice value above the workers' (0-19)")
     s.add_argument("--auth-token-file", type=Path, help="require this bearer token on every RPC but health")
     s.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate (with --tls-key)")
     s.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")

@@ -31,6 +31,9 @@ class ServerConfig:
     auth_token_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The API's threads run this much nicer than the workers (Linux), so that a
+    # flood of RPCs takes its CPU from the API, not from training. 0: the same.
+    api_nice: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
@@ -43,6 +46,8 @@ class ServerConfig:
             raise ValueError("TLS needs both a certificate and a key")
         if self.job_time_limit_s < 0 or self.drain_timeout_s < 0:
             raise ValueError("time limits must not be negative")
+        if not 0 <= self.api_nice <= 19:
+            raise ValueError("api_nice must be in [0, 19]")
 
     @property
     def db_path(self) -> Path:

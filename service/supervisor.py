@@ -9,6 +9,7 @@ into free slots, and wakes WatchJob streams when new events land.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import multiprocessing
 import os
@@ -51,6 +52,10 @@ class Supervisor:
         self.running: dict[str, RunningJob] = {}
         self.accepting = True
         self._context = multiprocessing.get_context("spawn")
+        # A child inherits the nice value of the thread that starts it. Workers start from this
+        # thread, made before the server lowers its own threads' priority (server.lower_api_priority).
+        self._starter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="worker-starter")
+        self._starter.submit(lambda: None).result()
         self._changed = asyncio.Event()
         self._watermark = -1
         self._stopped = asyncio.Event()
@@ -99,7 +104,7 @@ class Supervisor:
                 target=worker.main, args=(self.config, job_id, os.getpid()), name=f"distillery-worker-{job_id}"
             )
             try:
-                process.start()
+                self._starter.submit(process.start).result()
             except OSError as e:  # no memory or PIDs left for a new process
                 self.store.transition(
                     job_id, pb.JOB_STATE_FAILED, f"could not start a worker: {e}", grpc.StatusCode.UNAVAILABLE.value[0]

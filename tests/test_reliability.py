@@ -228,6 +228,25 @@ def test_a_dying_worker_fails_only_its_job_and_frees_the_slot(
     assert "loss became nan at step 1; the teacher's outputs" in failed.error.message
 
 
+def _stat(path: Path) -> list[str]:
+    """Fields of a /proc stat file after the command name (field 3 onward)."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
+def test_training_keeps_its_priority_when_the_api_is_flooded(client: Client, teacher_model: pb.Model, server) -> None:
+    job = client.create_job(long_spec(teacher_model.id))
+    wait_for_step(client, job.id, 1)
+    worker = worker_pid(server[1], job.id)
+    try:
+        worker_stat = _stat(Path(f"/proc/{worker}/stat"))
+        server_pid = int(worker_stat[1])
+        nice = {int(_stat(task / "stat")[16]) for task in Path(f"/proc/{server_pid}/task").iterdir()}
+        assert int(worker_stat[16]) == 0  # the training runs at the priority the server was started with
+        assert int(_stat(Path(f"/proc/{server_pid}/stat"))[16]) == 10 and 10 in nice  # the API's threads: --api-nice
+    finally:
+        client.cancel(job.id)
+
+
 def test_cancel_ends_the_worker_within_5_seconds(client: Client, teacher_model: pb.Model, server) -> None:
     job = client.create_job(long_spec(teacher_model.id))
     wait_for_step(client, job.id, 1)
