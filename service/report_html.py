@@ -24,6 +24,7 @@ h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6em 0; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
+td.text { white-space: normal; text-align: left; font-size: 0.9em; }
 th { background: #f4f4f4; }
 tr.worse td { background: #fff3f0; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
@@ -90,9 +91,15 @@ def _table(rows: list[list[str]], highlight: set[int] = frozenset()) -> str:
     out = ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead><tbody>"]
     for i, row in enumerate(body, start=1):
         css = ' class="worse"' if i in highlight else ""
-        out.append(f"<tr{css}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        out.append(f"<tr{css}>" + "".join(_cell(c, first=j == 0) for j, c in enumerate(row)) + "</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
+
+
+def _cell(text: str, first: bool) -> str:
+    # Prose (a variant's note) wraps; numbers and names stay on one line.
+    css = ' class="text"' if not first and len(text) > 24 else ""
+    return f"<td{css}>{html.escape(text)}</td>"
 
 
 def _plots(report: pb.Report) -> list[str]:
@@ -113,8 +120,10 @@ def _plots(report: pb.Report) -> list[str]:
     figures = []
     with plt.rc_context({"svg.hashsalt": "distillery", "font.size": 10}):  # stable ids: same report, same file
         fig, ax = plt.subplots(figsize=(5.4, 3.6))
+        color = {v.name: f"C{i}" for i, v in enumerate(timed)}  # a variant has one colour in both plots
         for v in timed:
-            ax.plot([lat.batch_size for lat in v.latency], [lat.p50_ms for lat in v.latency], marker="o", label=v.name)
+            ax.plot([lat.batch_size for lat in v.latency], [lat.p50_ms for lat in v.latency], marker="o", label=v.name,
+                    color=color[v.name])
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per call (ms)")
         batch_sizes = sorted({lat.batch_size for v in timed for lat in v.latency})
         ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
@@ -129,9 +138,9 @@ def _plots(report: pb.Report) -> list[str]:
         points = [(v, lat) for v in timed if v.HasField("accuracy") and (lat := report_format.latency_at(v, batch))]
         if points:  # without labelled data there is no accuracy axis to draw
             fig, ax = plt.subplots(figsize=(5.4, 3.6))
-            for v, lat in points:
-                ax.scatter([lat.p50_ms], [v.accuracy.top1], s=60, zorder=3)
-                ax.annotate(v.name, (lat.p50_ms, v.accuracy.top1), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            for v, lat in points:  # a legend, not labels by the points: close variants' labels overlap
+                ax.scatter([lat.p50_ms], [v.accuracy.top1], s=60, zorder=3, color=color[v.name], label=v.name)
+            ax.legend(fontsize=8)
             ax.set(xscale="log", xlabel=f"p50 latency at batch {batch} (ms)", ylabel="top-1 %")
             plain_log_ticks(ax.xaxis)
             ax.grid(True, alpha=0.3)
