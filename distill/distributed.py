@@ -33,10 +33,6 @@ class Ranks:
     def active(self) -> bool:
         return self.world > 1
 
-    @property
-    def leader(self) -> bool:
-        return self.rank == 0
-
 
 def ranks() -> Ranks:
     """This process's place in the process group; (0, 1) without one."""

@@ -205,8 +205,8 @@ def distil(
     # features) or sees distorted inputs. Each rank computes a block of them.
     teacher_logits = None
     cacheable = not teacher_layers and loss_fn.views == 1 and loss_fn.needs_teacher
-    outputs = _num_outputs(student, train, device)
-    if teacher is not None and cacheable and len(train) * 4 * outputs <= _LOGIT_CACHE_BYTES:
+    outputs = _num_outputs(student, train, device) if teacher is not None and cacheable else 0
+    if outputs and len(train) * 4 * outputs <= _LOGIT_CACHE_BYTES:
         rows = distributed.rows_of(len(train), ranks)
         block = predict_logits(teacher, train, normalization, device, rows=rows) if rows else torch.zeros(0, outputs)
         teacher_logits = distributed.gather_rows(block.to(device), len(train)).to(images.device)

@@ -488,7 +488,8 @@ class Job:
         plan = plan.on_device(distributed.init(plan.training.device))
         _, splits, input_shape, teacher = self.load_inputs(plan)
         student = self.new_student(plan, teacher.num_classes, input_shape[0])
-        resume = self.resume(plan.training.device) if self.rank == 0 else None  # the engine hands it to the others
+        # Rank 0 reads the checkpoint and the engine hands it to the others: on the CPU, the one device all share.
+        resume = self.resume("cpu") if self.rank == 0 else None
         summary, result = self.train(plan, teacher, student, splits, input_shape, resume)
         if self.local_rank == 0:  # every node's worker goes on with the trained student
             trained = {"student": student.state_dict()}
