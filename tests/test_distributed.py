@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from distill import data, distributed, losses, models
-from distill.datafree import DataFreeConfig, distil_data_free
+from distill.datafree import DataFreeConfig, Generator, distil_data_free
 from distill.trainer import Interrupted, TrainConfig, TrainResult, distil
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
@@ -23,6 +23,7 @@ from service.report import to_markdown
 from service.server import spawn_server, stop_server
 from tests.conftest import tiny_spec
 from tests.test_reliability import long_spec, rank_pids, wait_for_step, wait_gone
+from tests.test_service import data_free_spec
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, seed=3)
 
@@ -196,3 +197,18 @@ def test_a_failing_or_cancelled_process_ends_the_job_with_its_own_reason(
     failed = client.wait(client.create_job(spec).id)
     assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.ABORTED.value[0]
     assert re.fullmatch(r"training process \d: loss became nan at step 1; .*", failed.error.message)
+
+
+def test_a_data_free_job_on_two_processes_through_the_service(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
+    spec = data_free_spec(teacher_model.id)
+    spec.distributed.processes_per_node = 2
+    job = client.wait(client.create_job(spec).id)
+
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    assert {"samples.png", "generator.pt", "student.int8.onnx"} <= {a.name for a in job.artifacts}
+    report = client.report(job.id)
+    assert report.training.processes == 2 and report.training.steps == 20 and report.training.samples_seen == 0
+    assert report.data_free.method == "dfad" and sum(report.data_free.class_histogram) > 0
+    # The worker took the generator the processes trained (it makes the calibration and parity inputs).
+    saved = torch.load(client.download(job.id, "generator.pt", tmp_path), weights_only=True)
+    assert Generator.from_checkpoint(saved).sample(3).shape == (3, 1, 28, 28)
