@@ -256,6 +256,7 @@ def distil_data_free(
         for schedule, state in zip(schedules, resume_from["schedules"]):
             schedule.load_state_dict(state)
         step = int(resume_from["step"])
+        started -= resume_from.get("wall_seconds", 0.0)  # the run's wall time counts what came before the resume
         torch.set_rng_state(resume_from["rng"].cpu())  # the worker maps checkpoints to the job's device
     if ranks.active:  # each rank its own noise stream (a resumed run starts a fresh one)
         torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + ranks.rank + 1)
@@ -308,6 +309,7 @@ def distil_data_free(
                     "generator_optimizer": generator_opt.state_dict(),
                     "schedules": [s.state_dict() for s in schedules],
                     "rng": torch.get_rng_state(),
+                    "wall_seconds": time.perf_counter() - started,
                 },
             )
     finally:

@@ -219,6 +219,7 @@ def distil(
         optimizer.load_state_dict(resume_from["optimizer"])
         schedule.load_state_dict(resume_from["schedule"])
         step = int(resume_from["step"])
+        started -= resume_from.get("wall_seconds", 0.0)  # the run's wall time counts what came before the resume
 
     student_store: dict[str, torch.Tensor] = {}
     teacher_store: dict[str, torch.Tensor] = {}
@@ -292,6 +293,7 @@ def distil(
                         "loss": loss_fn.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
+                        "wall_seconds": time.perf_counter() - started,
                     },
                 )
                 if step == pretrain_steps and pretraining:

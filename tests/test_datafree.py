@@ -109,10 +109,12 @@ def test_resume_gives_the_same_student(tiny_teacher: torch.nn.Module) -> None:
 
     with pytest.raises(Stop):
         datafree.distil_data_free(copy.deepcopy(interrupted), tiny_teacher, SHAPE, config, on_checkpoint=checkpoint)
-    assert saved[0]["step"] == 3
-    datafree.distil_data_free(interrupted, tiny_teacher, SHAPE, config, resume_from=saved[0])
+    assert saved[0]["step"] == 3 and saved[0]["wall_seconds"] > 0
+    saved[0]["wall_seconds"] = 1000.0
+    result = datafree.distil_data_free(interrupted, tiny_teacher, SHAPE, config, resume_from=saved[0])
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(interrupted.state_dict()[name], value, msg=name)
+    assert result.wall_seconds > 1000  # the run's time, the part before the resume included
 
 
 def test_check_generator_counts_classes_and_draws_a_grid(tiny_teacher: torch.nn.Module) -> None:

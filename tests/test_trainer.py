@@ -104,9 +104,12 @@ def test_a_stop_request_checkpoints_that_step_and_resume_finishes_the_same(tiny_
     assert [c["step"] for c in checkpoints] == [17]  # the interval (1000) never came: the stop wrote it
 
     resumed = models.build("lenet5_half", 4, 1)
-    trainer.distil(resumed, tiny_teacher, _kd(), splits.train, splits.normalization, config, resume_from=checkpoints[0])
+    checkpoints[0]["wall_seconds"] = 1000.0  # as if the first 17 steps had taken that long
+    result = trainer.distil(resumed, tiny_teacher, _kd(), splits.train, splits.normalization, config,
+                            resume_from=checkpoints[0])
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
+    assert 1000 < result.wall_seconds < 1100  # the run's time, not only the resumed part's
 
 
 def test_divergence_is_reported(tiny_teacher: torch.nn.Module) -> None:
