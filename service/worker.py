@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,9 +294,14 @@ class Job:
         )
 
     def on_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        _save_atomically(state, self.checkpoint_path)
+
+    def training_callbacks(self) -> dict[str, Any]:
+        """In a distributed job's processes, each node's first reports progress and rank 0 alone checkpoints."""
+        return {
+            "on_progress": self.on_progress if self.local_rank == 0 else None,
+            "on_checkpoint": self.on_checkpoint if self.rank == 0 else None,
+        }
 
     def artifact(self, name: str) -> Path:
         self.files[name] = self.workdir / name
@@ -495,14 +500,12 @@ class Job:
             trained = {"student": student.state_dict()}
             if result is not None:
                 trained["generator"] = result.generator.to_checkpoint()
-            tmp = self.workdir / f"{_TRAINED}.tmp"
-            torch.save(trained, tmp)
-            os.replace(tmp, self.workdir / _TRAINED)
+            _save_atomically(trained, self.workdir / _TRAINED)
         torch.distributed.destroy_process_group()
-        fields = None
+        data_free = None  # the result's fields but the generator, which travels in the file
         if result is not None:
-            fields = {name: getattr(result, name) for name in ("method", "iterations", "final_loss", "wall_seconds", "world_size")}
-        return summary.SerializeToString(), fields
+            data_free = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "generator"}
+        return summary.SerializeToString(), data_free
 
     def student_logits(self, student: Student, inputs: EvalInputs, resized: bool, device: str) -> torch.Tensor:
         try:
@@ -546,8 +549,7 @@ class Job:
                 splits.train,
                 splits.normalization,
                 plan.training,
-                on_progress=self.on_progress if self.local_rank == 0 else None,
-                on_checkpoint=self.on_checkpoint if self.rank == 0 else None,
+                **self.training_callbacks(),
                 resume_from=resume,
                 stop_requested=self.stop,
             )
@@ -585,8 +587,7 @@ class Job:
                 teacher.model,
                 input_shape,
                 config,
-                on_progress=self.on_progress if self.local_rank == 0 else None,
-                on_checkpoint=self.on_checkpoint if self.rank == 0 else None,
+                **self.training_callbacks(),
                 resume_from=resume,
                 stop_requested=self.stop,
             )
@@ -816,6 +817,13 @@ class Job:
                 name = names[c] if c < len(names) else str(c)
                 report.per_class.add(name=name, samples=samples, teacher_top1=teacher_top1, student_top1=student_top1)
         return report
+
+
+def _save_atomically(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def _device_kind(device: str) -> str:
