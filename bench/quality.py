@@ -170,13 +170,15 @@ def run_methods(case_name: str, args: argparse.Namespace) -> str:
 
 # Data-free rows: the same teacher, no data; the test split scores the final student once.
 DATA_FREE: dict[str, dict[str, float | str]] = {
-    "dfad (default: + class balance)": {"method": "dfad"},
+    "dfad (default: + class balance, replay)": {"method": "dfad"},
+    "dfad without replay (5 fresh steps)": {"method": "dfad", "student_steps": 5, "replay_steps": 0},
     "dfad, pure (balance_weight 0)": {"method": "dfad", "balance_weight": 0.0},
     "bn_prior (BatchNorm teachers)": {"method": "bn_prior"},
 }
 
 
 def run_data_free(case_name: str, args: argparse.Namespace) -> str:
+    defaults = datafree.DataFreeConfig()
     case, splits, teacher, teacher_top1 = prepare_case(case_name, args)
     shape, classes = splits.train.input_shape, len(splits.train.classes)
     has_bn = bool(datafree.batchnorm_layers(teacher))
@@ -185,7 +187,9 @@ def run_data_free(case_name: str, args: argparse.Namespace) -> str:
         f"# Data-free quality: {case.teacher} -> {case.student} ({case_name}, no training data)",
         "",
         f"Teacher {case.teacher}: **{teacher_top1:.2f}%** top-1 on {len(splits.val)} test images. Each student: "
-        f"{args.iterations} generator iterations x 5 student steps, batch 256, generator width "
+        f"{args.iterations} generator iterations, each followed by {defaults.student_steps} student steps on "
+        f"fresh images and {defaults.replay_steps} on replayed ones (unless the row says otherwise), batch "
+        f"{defaults.batch_size}, generator width "
         f"{args.generator_width}, on {args.device}, {args.seeds} seed(s). The test split scores the final "
         "student once; nothing was selected by it.",
         "",

@@ -8,6 +8,14 @@ it the generator drifts to the few classes where the student is wrong most
 cheaply; with it, MNIST reaches 96% in 100 iterations instead of 33%.
 ``balance_weight=0`` gives the paper's pure form.
 
+Both methods replay. The generator keeps moving to wherever the student is
+wrong now, and a student trained only on its latest images forgets the
+earlier ones: the final accuracy then depends on where the generator happened
+to stop (MNIST: 97.5-98.4% over three seeds). So the student also trains on a
+uniform sample of every image generated so far (a reservoir, kept with the
+teacher's logits): 98.45-98.61% over the same seeds, and a replayed step
+costs a fifth of a fresh one (no generator, no teacher).
+
 ``bn_prior`` adds what a BatchNorm teacher knows about its training data:
 each BN layer's running mean and variance. The generator is also asked to
 make the batch statistics every teacher BN layer sees match them
@@ -51,7 +59,9 @@ METHODS = ("auto", "dfad", "bn_prior")
 class DataFreeConfig:
     method: str = "auto"  # auto | dfad | bn_prior
     iterations: int = 2000  # generator steps
-    student_steps: int = 5  # student steps per generator step
+    student_steps: int = 2  # student steps per generator step on fresh images
+    replay_steps: int = 10  # then student steps on images drawn from the replay memory
+    replay_memory_mb: int = 128  # images (float16) and teacher logits kept for replay
     batch_size: int = 256
     student_lr: float = 0.1  # SGD, momentum 0.9, cosine to zero
     generator_lr: float = 1e-3  # Adam, cosine to zero
@@ -72,6 +82,8 @@ class DataFreeConfig:
             f"method must be one of {', '.join(METHODS)}": self.method in METHODS,
             "iterations must be 1..1000000": 1 <= self.iterations <= 1_000_000,
             "student_steps must be 1..100": 1 <= self.student_steps <= 100,
+            "replay_steps must be 0..100": 0 <= self.replay_steps <= 100,
+            "replay_memory_mb must be 1..65536": 1 <= self.replay_memory_mb <= 65_536,
             "batch_size must be 2..65536 (BatchNorm needs two samples)": 2 <= self.batch_size <= 65_536,
             "student_lr must be in (0, 10]": 0 < self.student_lr <= 10,
             "generator_lr must be in (0, 1]": 0 < self.generator_lr <= 1,
@@ -190,6 +202,66 @@ class _BatchNormPrior:
             handle.remove()
 
 
+class ReplayMemory:
+    """A uniform sample of every generated image the student has trained on, with the teacher's logits.
+
+    Reservoir sampling: the n-th image offered replaces a random slot with
+    probability capacity / n, so the memory always holds an even sample of
+    the whole run so far, early images as likely as recent ones. Images are
+    kept in float16 (half the bytes; they are normalised, so well in range).
+    """
+
+    def __init__(self, budget_bytes: int, device: str) -> None:
+        self.budget_bytes = budget_bytes
+        self.device = device
+        self.images: torch.Tensor | None = None  # allocated on the first batch, when the shapes are known
+        self.logits: torch.Tensor | None = None
+        self.offered = 0
+
+    def __len__(self) -> int:
+        return 0 if self.images is None else min(self.offered, len(self.images))
+
+    def add(self, images: torch.Tensor, logits: torch.Tensor) -> None:
+        if self.images is None:
+            capacity = self.budget_bytes // (images[0].numel() * 2 + logits[0].numel() * 4)
+            self.images = torch.empty(capacity, *images.shape[1:], dtype=torch.float16, device=self.device)
+            self.logits = torch.empty(capacity, *logits.shape[1:], device=self.device)
+        assert self.logits is not None
+        capacity = len(self.images)
+        number = self.offered + torch.arange(len(images), device=self.device)  # 0-based count of each image
+        # float64: float32's 24 bits would leave slots unreachable once millions of images have been offered
+        draw = (torch.rand(len(images), dtype=torch.float64, device=self.device) * (number + 1)).long()
+        slot = torch.where(number < capacity, number, draw)
+        kept = slot < capacity
+        self.images[slot[kept]] = images[kept].to(torch.float16)
+        self.logits[slot[kept]] = logits[kept].float()
+        self.offered += len(images)
+
+    def sample(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.images is not None and self.logits is not None
+        index = torch.randint(len(self), (count,), device=self.device)
+        return self.images[index].float().contiguous(memory_format=torch.channels_last), self.logits[index]
+
+    def state_dict(self) -> dict[str, Any]:
+        filled = len(self)
+        return {
+            "images": None if self.images is None else self.images[:filled].clone(),
+            "logits": None if self.logits is None else self.logits[:filled].clone(),
+            "capacity": 0 if self.images is None else len(self.images),
+            "offered": self.offered,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.offered = int(state["offered"])
+        if state["images"] is None:
+            return
+        saved_images, saved_logits = state["images"].to(self.device), state["logits"].to(self.device)
+        self.images = torch.empty(state["capacity"], *saved_images.shape[1:], dtype=torch.float16, device=self.device)
+        self.logits = torch.empty(state["capacity"], *saved_logits.shape[1:], device=self.device)
+        self.images[: len(saved_images)] = saved_images
+        self.logits[: len(saved_logits)] = saved_logits
+
+
 @dataclass
 class DataFreeResult:
     method: str
@@ -213,14 +285,16 @@ def distil_data_free(
     """Train ``student`` in place from ``teacher`` alone; returns when the iteration budget is spent.
 
     ``teacher`` stays in eval mode and is never updated (its BN layers keep
-    their running statistics). One iteration is one generator step and
-    ``config.student_steps`` student steps, each on a fresh generated batch.
+    their running statistics). One iteration is one generator step,
+    ``config.student_steps`` student steps, each on a fresh generated batch,
+    and ``config.replay_steps`` on batches from the replay memory.
 
     Under torch.distributed, each rank generates its share of every batch from
-    its own noise; DDP averages the generator's gradients in generator steps
-    and the student's in student steps, so both stay the same on every rank.
-    Only the caller on rank 0 should pass ``on_checkpoint`` (and ``resume_from``:
-    the other ranks get rank 0's).
+    its own noise and replays its share from its own memory; DDP averages the
+    generator's gradients in generator steps and the student's in student
+    steps, so both stay the same on every rank. Only the caller on rank 0
+    should pass ``on_checkpoint`` (and ``resume_from``: the other ranks get
+    rank 0's, its replay memory included).
     """
     device = config.device
     ranks = distributed.ranks()
@@ -264,6 +338,15 @@ def distil_data_free(
     generator_step_model, student_step_model = distributed.wrap(generator, device), distributed.wrap(student, device)
     share = distributed.batch_share(config.batch_size, ranks)
 
+    memory = ReplayMemory(config.replay_memory_mb * 2**20, device) if config.replay_steps else None
+    if memory is not None and memory.budget_bytes // (math.prod(input_shape) * 2) < share:
+        raise ValueError(
+            f"replay_memory_mb {config.replay_memory_mb} holds fewer images of shape {list(input_shape)} than a "
+            f"batch ({share}); raise it or set replay_steps to 0"
+        )
+    if memory is not None and resume_from is not None and resume_from.get("replay"):  # older checkpoints have none
+        memory.load_state_dict(resume_from["replay"])
+
     prior = _BatchNormPrior(batchnorm_layers(teacher)) if method == "bn_prior" else None
     tail = max(1, config.iterations // 20)
     window_loss, window_steps, last_report = 0.0, 0, time.perf_counter()
@@ -272,9 +355,12 @@ def distil_data_free(
         while step < config.iterations:
             _generator_step(generator_step_model, student, teacher, generator_opt, prior, method, config, share)
             loss = sum(
-                _student_step(generator, student_step_model, teacher, student_opt, config, share)
+                _student_step(generator, student_step_model, teacher, student_opt, config, share, memory)
                 for _ in range(config.student_steps)
             )
+            if memory is not None and len(memory) >= share:
+                for _ in range(config.replay_steps):
+                    _replay_step(memory, student_step_model, student_opt, share)
             for schedule in schedules:
                 schedule.step()
             step += 1
@@ -309,6 +395,7 @@ def distil_data_free(
                     "generator_optimizer": generator_opt.state_dict(),
                     "schedules": [s.state_dict() for s in schedules],
                     "rng": torch.get_rng_state(),
+                    "replay": None if memory is None else memory.state_dict(),
                     "wall_seconds": time.perf_counter() - started,
                 },
             )
@@ -370,17 +457,32 @@ def _student_step(
     optimizer: torch.optim.Optimizer,
     config: DataFreeConfig,
     batch_size: int,
+    memory: ReplayMemory | None,
 ) -> float:
     z = torch.randn(batch_size, config.noise_dim, device=config.device)
     with torch.no_grad(), _autocast(config.device):
         x = generator(z)
         teacher_logits = teacher(x).float()
-    with _autocast(config.device):
+    if memory is not None:
+        memory.add(x, teacher_logits)
+    return float(_fit(student, optimizer, x, teacher_logits, config.device))
+
+
+def _replay_step(memory: ReplayMemory, student: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int) -> None:
+    x, teacher_logits = memory.sample(batch_size)
+    _fit(student, optimizer, x, teacher_logits, memory.device)  # no loss read back: no device sync
+
+
+def _fit(
+    student: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, teacher_logits: torch.Tensor, device: str
+) -> torch.Tensor:
+    """One student step on the L1 distance to the teacher's logits; returns the loss, detached."""
+    with _autocast(device):
         loss = F.l1_loss(student(x).float(), teacher_logits)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 @dataclass

@@ -259,6 +259,15 @@ def to_markdown(report: pb.Report) -> str:
     return "\n".join(lines)
 
 
+def data_free_summary_line(d: pb.DataFreeSummary) -> str:
+    replayed = f" and {d.replay_steps} on replayed ones" if d.replay_steps else ""
+    return (
+        f"{d.iterations} generator iterations, each followed by {d.student_steps} student steps on fresh images"
+        f"{replayed}; batch {d.batch_size}. On {d.generated_samples} fresh generated images the student agrees "
+        f"with the teacher on {d.agreement_on_generated:.2f}%."
+    )
+
+
 def _data_free_section(d: pb.DataFreeSummary) -> list[str]:
     """The generator's health: which classes the teacher sees in its images."""
     total = max(1, sum(d.class_histogram))
@@ -267,9 +276,7 @@ def _data_free_section(d: pb.DataFreeSummary) -> list[str]:
         "",
         f"## Data-free: {d.method}",
         "",
-        f"{d.iterations} generator iterations, {d.student_steps} student steps each, batch {d.batch_size}. "
-        f"On {d.generated_samples} fresh generated images the student agrees with the teacher on "
-        f"{d.agreement_on_generated:.2f}%. Samples per class: `{d.samples_artifact}`.",
+        data_free_summary_line(d) + f" Samples per class: `{d.samples_artifact}`.",
         "",
         "Teacher's classes over the generated images (a collapsed generator puts most in a few):",
         "",

@@ -70,9 +70,8 @@ def to_html(report: pb.Report) -> str:
         total = max(1, sum(d.class_histogram))
         parts += [
             f"<h2>Data-free: {html.escape(d.method)}</h2>",
-            f"<p>{d.iterations} generator iterations, {d.student_steps} student steps each, batch {d.batch_size}. "
-            f"On {d.generated_samples} fresh generated images the student agrees with the teacher on "
-            f"{d.agreement_on_generated:.2f}%. Samples per class: <code>{html.escape(d.samples_artifact)}</code>.</p>",
+            f"<p>{html.escape(report_format.data_free_summary_line(d))} "
+            f"Samples per class: <code>{html.escape(d.samples_artifact)}</code>.</p>",
             _table(
                 [
                     ["class"] + [str(c) for c in range(len(d.class_histogram))],

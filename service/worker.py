@@ -578,7 +578,8 @@ class Job:
         method = resolve_method(config.method, teacher.model)
         described = (
             f"{method}(iterations={config.iterations}, student_steps={config.student_steps}, "
-            f"batch_size={config.batch_size}, generator_width={config.generator_width})"
+            f"replay_steps={config.replay_steps}, batch_size={config.batch_size}, "
+            f"generator_width={config.generator_width})"
         )
         self.stage("distil", f"resuming from iteration {resume['step']}" if resume else described)
         with self.stop.at_step_boundaries():
@@ -612,6 +613,7 @@ class Job:
             method=result.method,
             iterations=config.iterations,
             student_steps=config.student_steps,
+            replay_steps=config.replay_steps,
             batch_size=config.batch_size,
             class_histogram=check.class_histogram,
             generated_samples=check.samples,

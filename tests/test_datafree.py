@@ -91,8 +91,34 @@ def test_bn_prior_pulls_generated_statistics_to_the_teachers() -> None:
     assert not any(layer._forward_pre_hooks for layer in datafree.batchnorm_layers(teacher))  # training left none behind
 
 
+def test_replay_memory_keeps_an_even_sample_of_the_whole_run() -> None:
+    torch.manual_seed(0)
+    image_bytes, logit_bytes = 2 * 1 * 2 * 2, 4 * 3  # a float16 1x2x2 image and 3 float32 logits
+    memory = datafree.ReplayMemory(budget_bytes=1000 * (image_bytes + logit_bytes), device="cpu")
+    for start in range(0, 20_000, 100):  # image n is filled with n, its logits too
+        numbers = torch.arange(start, start + 100, dtype=torch.float32)
+        memory.add(numbers.view(-1, 1, 1, 1).expand(-1, 1, 2, 2), numbers.view(-1, 1).expand(-1, 3))
+    assert len(memory) == 1000 and memory.offered == 20_000
+    kept = memory.logits[:, 0]
+    assert kept.unique().numel() == 1000  # no image kept twice
+    torch.testing.assert_close(memory.images[:, 0, 0, 0].float(), kept, atol=8, rtol=0)  # float16: integers to 2048 exact
+    # Every quarter of the run is as likely to be kept: 250 expected per quarter (binomial sd ~14).
+    per_quarter = torch.histc(kept, bins=4, min=0, max=20_000)
+    assert ((per_quarter - 250).abs() < 60).all(), per_quarter
+    images, logits = memory.sample(64)
+    assert images.shape == (64, 1, 2, 2) and images.dtype == torch.float32 and logits.shape == (64, 3)
+    torch.testing.assert_close(images[:, 0, 0, 0], logits[:, 0], atol=8, rtol=0)  # images stay with their logits
+
+
+def test_replay_memory_too_small_for_a_batch_is_refused(tiny_teacher: torch.nn.Module) -> None:
+    student = models.build("lenet5_half", 4, 1)
+    with pytest.raises(ValueError, match="replay_memory_mb 1 holds fewer images"):
+        datafree.distil_data_free(student, tiny_teacher, SHAPE, _config(replay_memory_mb=1, batch_size=1024))
+
+
 def test_resume_gives_the_same_student(tiny_teacher: torch.nn.Module) -> None:
     config = _config(checkpoint_interval_steps=3)
+    assert config.replay_steps > 0  # the replay memory is part of what a checkpoint must bring back
     torch.manual_seed(0)
     straight = models.build("lenet5_half", 4, 1)
     interrupted = copy.deepcopy(straight)

@@ -31,7 +31,7 @@ def test_data_free_example_and_defaults(tmp_path: Path) -> None:
     assert plan.data_free is not None and plan.methods == []
     assert plan.data_free.input_shape == (1, 28, 28) and plan.dataset is not None
     config = plan.data_free.config
-    assert (config.method, config.iterations, config.generator_width, config.device) == ("auto", 1600, 16, "cpu")
+    assert (config.method, config.iterations, config.generator_width, config.device) == ("auto", 1500, 16, "cpu")
 
     bare = pb.JobSpec(
         teacher_model_id="m-x",
@@ -42,7 +42,10 @@ def test_data_free_example_and_defaults(tmp_path: Path) -> None:
     plan = specs.plan(bare, (tmp_path,), cuda_devices=1)
     config = plan.data_free.config
     assert plan.dataset is None and config.method == "dfad" and config.balance_weight == 0
-    assert (config.iterations, config.student_steps, config.batch_size, config.generator_width) == (2000, 5, 256, 64)
+    assert (config.iterations, config.student_steps, config.batch_size, config.generator_width) == (2000, 2, 256, 64)
+    assert (config.replay_steps, config.replay_memory_mb) == (10, 128)
+    bare.data_free.replay_steps = 0  # explicit zero: no replay, as in the papers
+    assert specs.plan(bare, (tmp_path,), cuda_devices=1).data_free.config.replay_steps == 0
     assert config.bn_weight == 1.0 and config.student_lr == pytest.approx(0.1)
 
 
