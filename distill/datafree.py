@@ -11,10 +11,10 @@ cheaply; with it, MNIST reaches 96% in 100 iterations instead of 33%.
 Both methods replay. The generator keeps moving to wherever the student is
 wrong now, and a student trained only on its latest images forgets the
 earlier ones: the final accuracy then depends on where the generator happened
-to stop (MNIST: 97.5-98.4% over three seeds). So the student also trains on a
+to stop (MNIST: 97.9-98.4% over three seeds). So the student also trains on a
 uniform sample of every image generated so far (a reservoir, kept with the
-teacher's logits): 98.45-98.61% over the same seeds, and a replayed step
-costs a fifth of a fresh one (no generator, no teacher).
+teacher's logits): 98.45-98.65% over three seeds, and a replayed step costs a
+fifth of a fresh one (no generator, no teacher).
 
 ``bn_prior`` adds what a BatchNorm teacher knows about its training data:
 each BN layer's running mean and variance. The generator is also asked to
