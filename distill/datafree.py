@@ -211,22 +211,25 @@ class ReplayMemory:
     kept in float16 (half the bytes; they are normalised, so well in range).
     """
 
-    def __init__(self, budget_bytes: int, device: str) -> None:
+    def __init__(self, budget_bytes: int, image_shape: tuple[int, ...], device: str) -> None:
         self.budget_bytes = budget_bytes
+        self.image_bytes = math.prod(image_shape) * 2  # float16
         self.device = device
-        self.images: torch.Tensor | None = None  # allocated on the first batch, when the shapes are known
+        self.images: torch.Tensor | None = None  # allocated on the first batch, when the logits' size is known
         self.logits: torch.Tensor | None = None
         self.offered = 0
+
+    def _allocate(self, capacity: int, image_shape: torch.Size, logits_shape: torch.Size) -> None:
+        self.images = torch.empty(capacity, *image_shape, dtype=torch.float16, device=self.device)
+        self.logits = torch.empty(capacity, *logits_shape, device=self.device)
 
     def __len__(self) -> int:
         return 0 if self.images is None else min(self.offered, len(self.images))
 
     def add(self, images: torch.Tensor, logits: torch.Tensor) -> None:
         if self.images is None:
-            capacity = self.budget_bytes // (images[0].numel() * 2 + logits[0].numel() * 4)
-            self.images = torch.empty(capacity, *images.shape[1:], dtype=torch.float16, device=self.device)
-            self.logits = torch.empty(capacity, *logits.shape[1:], device=self.device)
-        assert self.logits is not None
+            self._allocate(self.budget_bytes // (self.image_bytes + logits[0].numel() * 4), images.shape[1:], logits.shape[1:])
+        assert self.images is not None and self.logits is not None
         capacity = len(self.images)
         number = self.offered + torch.arange(len(images), device=self.device)  # 0-based count of each image
         # float64: float32's 24 bits would leave slots unreachable once millions of images have been offered
@@ -255,11 +258,11 @@ class ReplayMemory:
         self.offered = int(state["offered"])
         if state["images"] is None:
             return
-        saved_images, saved_logits = state["images"].to(self.device), state["logits"].to(self.device)
-        self.images = torch.empty(state["capacity"], *saved_images.shape[1:], dtype=torch.float16, device=self.device)
-        self.logits = torch.empty(state["capacity"], *saved_logits.shape[1:], device=self.device)
-        self.images[: len(saved_images)] = saved_images
-        self.logits[: len(saved_logits)] = saved_logits
+        saved_images, saved_logits = state["images"], state["logits"]
+        self._allocate(state["capacity"], saved_images.shape[1:], saved_logits.shape[1:])
+        assert self.images is not None and self.logits is not None
+        self.images[: len(saved_images)] = saved_images.to(self.device)
+        self.logits[: len(saved_logits)] = saved_logits.to(self.device)
 
 
 @dataclass
@@ -338,8 +341,8 @@ def distil_data_free(
     generator_step_model, student_step_model = distributed.wrap(generator, device), distributed.wrap(student, device)
     share = distributed.batch_share(config.batch_size, ranks)
 
-    memory = ReplayMemory(config.replay_memory_mb * 2**20, device) if config.replay_steps else None
-    if memory is not None and memory.budget_bytes // (math.prod(input_shape) * 2) < share:
+    memory = ReplayMemory(config.replay_memory_mb * 2**20, input_shape, device) if config.replay_steps else None
+    if memory is not None and memory.budget_bytes // memory.image_bytes < share:
         raise ValueError(
             f"replay_memory_mb {config.replay_memory_mb} holds fewer images of shape {list(input_shape)} than a "
             f"batch ({share}); raise it or set replay_steps to 0"

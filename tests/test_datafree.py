@@ -94,7 +94,7 @@ def test_bn_prior_pulls_generated_statistics_to_the_teachers() -> None:
 def test_replay_memory_keeps_an_even_sample_of_the_whole_run() -> None:
     torch.manual_seed(0)
     image_bytes, logit_bytes = 2 * 1 * 2 * 2, 4 * 3  # a float16 1x2x2 image and 3 float32 logits
-    memory = datafree.ReplayMemory(budget_bytes=1000 * (image_bytes + logit_bytes), device="cpu")
+    memory = datafree.ReplayMemory(budget_bytes=1000 * (image_bytes + logit_bytes), image_shape=(1, 2, 2), device="cpu")
     for start in range(0, 20_000, 100):  # image n is filled with n, its logits too
         numbers = torch.arange(start, start + 100, dtype=torch.float32)
         memory.add(numbers.view(-1, 1, 1, 1).expand(-1, 1, 2, 2), numbers.view(-1, 1).expand(-1, 3))
