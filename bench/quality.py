@@ -170,8 +170,7 @@ def run_methods(case_name: str, args: argparse.Namespace) -> str:
 
 # Data-free rows: the same teacher, no data; the test split scores the final student once.
 DATA_FREE: dict[str, dict[str, float | str]] = {
-    "dfad (default: + class balance, shifted replay)": {"method": "dfad"},
-    "dfad, replay without shift (replay_shift 0)": {"method": "dfad", "replay_shift": 0},
+    "dfad (default: + class balance, replay)": {"method": "dfad"},
     "dfad without replay (5 fresh steps)": {"method": "dfad", "student_steps": 5, "replay_steps": 0},
     "dfad, pure (balance_weight 0)": {"method": "dfad", "balance_weight": 0.0},
     "bn_prior (BatchNorm teachers)": {"method": "bn_prior"},
@@ -189,8 +188,7 @@ def run_data_free(case_name: str, args: argparse.Namespace) -> str:
         "",
         f"Teacher {case.teacher}: **{teacher_top1:.2f}%** top-1 on {len(splits.val)} test images. Each student: "
         f"{args.iterations} generator iterations, each followed by {defaults.student_steps} student steps on "
-        f"fresh images and {defaults.replay_steps} on replayed ones shifted by up to {datafree.replay_shift(defaults, shape)} px "
-        f"(unless the row says otherwise), batch "
+        f"fresh images and {defaults.replay_steps} on replayed ones (unless the row says otherwise), batch "
         f"{defaults.batch_size}, generator width "
         f"{args.generator_width}, on {args.device}, {args.seeds} seed(s). The test split scores the final "
         "student once; nothing was selected by it.",

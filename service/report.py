@@ -260,8 +260,7 @@ def to_markdown(report: pb.Report) -> str:
 
 
 def data_free_summary_line(d: pb.DataFreeSummary) -> str:
-    shifted = f" (each moved up to {d.replay_shift} px and labelled again by the teacher)" if d.replay_shift else ""
-    replayed = f" and {d.replay_steps} on replayed ones{shifted}" if d.replay_steps else ""
+    replayed = f" and {d.replay_steps} on replayed ones" if d.replay_steps else ""
     return (
         f"{d.iterations} generator iterations, each followed by {d.student_steps} student steps on fresh images"
         f"{replayed}; batch {d.batch_size}. On {d.generated_samples} fresh generated images the student agrees "

@@ -353,7 +353,6 @@ def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
             student_steps=d.student_steps or 2,
             replay_steps=d.replay_steps if d.HasField("replay_steps") else 10,
             replay_memory_mb=d.replay_memory_mb or 128,
-            replay_shift=d.replay_shift if d.HasField("replay_shift") else None,
             batch_size=d.batch_size or 256,
             student_lr=_digits(d.student_learning_rate) or 0.1,
             generator_lr=_digits(d.generator_learning_rate) or 1e-3,

@@ -35,15 +35,7 @@ from distill import distributed, models
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory
 from distill.data import ImageData, Normalization, Splits, resize
-from distill.datafree import (
-    DataFreeConfig,
-    DataFreeResult,
-    Generator,
-    check_generator,
-    distil_data_free,
-    replay_shift,
-    resolve_method,
-)
+from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_generator, distil_data_free, resolve_method
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
 from distill.loading import STATE_DICT, ModelFileError, Teacher
 from distill.losses import build_loss
@@ -586,8 +578,8 @@ class Job:
         method = resolve_method(config.method, teacher.model)
         described = (
             f"{method}(iterations={config.iterations}, student_steps={config.student_steps}, "
-            f"replay_steps={config.replay_steps}, replay_shift={replay_shift(config, input_shape)}, "
-            f"batch_size={config.batch_size}, generator_width={config.generator_width})"
+            f"replay_steps={config.replay_steps}, batch_size={config.batch_size}, "
+            f"generator_width={config.generator_width})"
         )
         self.stage("distil", f"resuming from iteration {resume['step']}" if resume else described)
         with self.stop.at_step_boundaries():
@@ -622,7 +614,6 @@ class Job:
             iterations=config.iterations,
             student_steps=config.student_steps,
             replay_steps=config.replay_steps,
-            replay_shift=result.replay_shift,
             batch_size=config.batch_size,
             class_histogram=check.class_histogram,
             generated_samples=check.samples,

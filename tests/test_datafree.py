@@ -110,47 +110,6 @@ def test_replay_memory_keeps_an_even_sample_of_the_whole_run() -> None:
     torch.testing.assert_close(images[:, 0, 0, 0], logits[:, 0], atol=8, rtol=0)  # images stay with their logits
 
 
-def test_random_shift_moves_each_image_within_its_bound() -> None:
-    torch.manual_seed(0)
-    images = torch.zeros(2000, 1, 9, 9)
-    images[:, 0, 4, 4] = 1.0  # one bright pixel in the centre
-    shifted = datafree.random_shift(images, 2)
-    assert shifted.shape == images.shape and shifted.is_contiguous(memory_format=torch.channels_last)
-    assert (shifted.flatten(1).sum(dim=1) == 1).all()  # a 2 px shift keeps the centre pixel in the frame
-    where = shifted[:, 0].flatten(1).argmax(dim=1)
-    dy, dx = where // 9 - 4, where % 9 - 4
-    assert set(dy.tolist()) == set(dx.tolist()) == {-2, -1, 0, 1, 2}  # every offset, none further
-    assert (dy != dx).float().mean() > 0.7  # rows and columns drawn apart
-    edge = torch.ones(1, 1, 5, 5)
-    assert (datafree.random_shift(edge.expand(500, -1, -1, -1), 1) == 0).any()  # zeros move in
-
-
-def test_shifted_replay_is_labelled_by_the_teacher(tiny_teacher: torch.nn.Module) -> None:
-    torch.manual_seed(0)
-    memory = datafree.ReplayMemory(2**20, SHAPE, "cpu")
-    memory.add(torch.randn(64, *SHAPE), torch.full((64, 4), 100.0))  # stored logits far from the teacher's
-    calls: list[torch.Tensor] = []
-
-    def teacher(x: torch.Tensor) -> torch.Tensor:
-        calls.append(x)
-        return tiny_teacher(x)
-
-    student = models.build("lenet5_half", 4, 1)
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
-    datafree._replay_step(memory, student, teacher, optimizer, 0, 32)
-    assert not calls  # unshifted: the stored logits, no teacher pass
-    datafree._replay_step(memory, student, teacher, optimizer, 2, 32)
-    assert len(calls) == 1 and calls[0].shape == (32, *SHAPE)
-
-
-def test_replay_shift_defaults_to_an_eighth_of_the_image() -> None:
-    assert datafree.replay_shift(_config(), (1, 28, 28)) == 3
-    assert datafree.replay_shift(_config(), (3, 32, 40)) == 4
-    assert datafree.replay_shift(_config(), (3, 4, 4)) == 1  # never 0 by default: tiny images move too
-    assert datafree.replay_shift(_config(replay_shift=0), (3, 32, 32)) == 0
-    assert datafree.replay_shift(_config(replay_steps=0), (3, 32, 32)) == 0  # nothing is replayed
-
-
 def test_replay_memory_too_small_for_a_batch_is_refused(tiny_teacher: torch.nn.Module) -> None:
     student = models.build("lenet5_half", 4, 1)
     with pytest.raises(ValueError, match="replay_memory_mb 1 holds fewer images"):
@@ -198,8 +157,6 @@ def test_check_generator_counts_classes_and_draws_a_grid(tiny_teacher: torch.nn.
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="method.*batch_size"):
         DataFreeConfig(method="magic", batch_size=1)
-    with pytest.raises(ValueError, match="replay_shift must be 0..1024"):
-        DataFreeConfig(replay_shift=-1)
     for weights in ({"bn_weight": -1}, {"bn_weight": float("nan")}, {"balance_weight": float("inf")}):
         with pytest.raises(ValueError, match="weights must be finite and not negative"):
             DataFreeConfig(**weights)

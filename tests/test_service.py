@@ -357,10 +357,9 @@ def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp
     int8 = next(v for v in report.variants if v.precision == "int8 static")
     assert not int8.recommended and "no labelled data" in int8.note
     d = report.data_free
-    fields = (d.method, d.iterations, d.student_steps, d.replay_steps, d.replay_shift, d.batch_size)
-    assert fields == ("dfad", 20, 2, 10, 3, 32)  # shift: an eighth of 28 px
+    assert (d.method, d.iterations, d.student_steps, d.replay_steps, d.batch_size) == ("dfad", 20, 2, 10, 32)
     report_md = client.download(job.id, "report.md", tmp_path / "report.md").read_text()
-    assert "2 student steps on fresh images and 10 on replayed ones (each moved up to 3 px" in report_md
+    assert "2 student steps on fresh images and 10 on replayed ones" in report_md
     assert len(d.class_histogram) == 4 and sum(d.class_histogram) == d.generated_samples > 0
     assert 0 <= d.agreement_on_generated <= 100
     assert report.training.steps == 20 and report.training.train_samples == 0 and report.training.val_samples == 0
