@@ -87,7 +87,7 @@ class TrainResult:
     final_loss: float  # mean loss over the last epoch, across all ranks
     wall_seconds: float
     # Per training sample: how many times a step trained on it (summed over ranks;
-    # counts only this run's steps when it resumed from a checkpoint).
+    # a resumed run counts the steps before its checkpoint too).
     visits: torch.Tensor
     world_size: int = 1
 
@@ -230,6 +230,8 @@ def distil(
         find_unused_parameters=loss_fn.pretrain_epochs > 0 or any(True for _ in loss_fn.parameters()),
     )
     visits = torch.zeros(len(train), dtype=torch.int32, device=images.device)
+    if step and ranks.rank == 0:  # the steps before the checkpoint, counted once over all ranks
+        visits += _visits_before(step, len(train), config.batch_size, config.seed).to(images.device)
     stop = False
     window_loss, window_steps, last_report = 0.0, 0, time.perf_counter()
     epoch_loss, final_loss = 0.0, math.nan
@@ -240,8 +242,7 @@ def distil(
             epoch, offset = divmod(step, steps_per_epoch)
             pretraining = step < pretrain_steps
             # The order depends on (seed, epoch) only, so a resumed run, and every rank, sees the same batches.
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-            order = order.to(images.device)
+            order = _epoch_order(len(train), config.seed, epoch).to(images.device)
             epoch_loss = 0.0
             for batch_start in range(offset * config.batch_size, len(train), config.batch_size):
                 global_batch = order[batch_start : batch_start + config.batch_size]
@@ -381,6 +382,19 @@ def distort(x: torch.Tensor) -> torch.Tensor:
 def train_from_labels(model: nn.Module, splits: Splits, config: TrainConfig) -> TrainResult:
     """Plain supervised training (cross-entropy on the labels): how users make teachers."""
     return distil(model, None, WeightedLoss([(1.0, CrossEntropy())]), splits.train, splits.normalization, config)
+
+
+def _epoch_order(samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's sample order: it depends on (seed, epoch) only, so a resumed run sees the same batches."""
+    return torch.randperm(samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def _visits_before(step: int, samples: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Per sample, how many of the first ``step`` steps trained on it (every epoch covers each sample once)."""
+    epochs, offset = divmod(step, math.ceil(samples / batch_size))
+    visits = torch.full((samples,), epochs, dtype=torch.int32)
+    visits[_epoch_order(samples, seed, epochs)[: offset * batch_size]] += 1
+    return visits
 
 
 def _autocast(device: str) -> torch.autocast:

@@ -73,17 +73,19 @@ def test_resume_from_checkpoint_gives_the_same_student(tiny_teacher: torch.nn.Mo
 
     full = models.build("lenet5_half", 4, 1)
     loss = losses.build_loss(configs, tiny_teacher, full, (1, 28, 28))
-    trainer.distil(full, tiny_teacher, loss, splits.train, splits.normalization, config,
-                   on_checkpoint=lambda state: checkpoints.append(copy.deepcopy(state)))
+    straight = trainer.distil(full, tiny_teacher, loss, splits.train, splits.normalization, config,
+                              on_checkpoint=lambda state: checkpoints.append(copy.deepcopy(state)))
     middle = checkpoints[4]  # step 25, inside the second of three epochs
     assert middle["step"] == 25
 
     resumed = models.build("lenet5_half", 4, 1)
     torch.manual_seed(99)  # adapters start elsewhere; the checkpoint must restore them
     loss = losses.build_loss(configs, tiny_teacher, resumed, (1, 28, 28))
-    trainer.distil(resumed, tiny_teacher, loss, splits.train, splits.normalization, config, resume_from=middle)
+    result = trainer.distil(resumed, tiny_teacher, loss, splits.train, splits.normalization, config, resume_from=middle)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
+    # Every sample trained on once per epoch (3), the steps before the checkpoint included.
+    assert torch.equal(result.visits, straight.visits) and (straight.visits == 3).all()
 
 
 def test_a_stop_request_checkpoints_that_step_and_resume_finishes_the_same(tiny_teacher: torch.nn.Module) -> None:
