@@ -13,7 +13,7 @@ wrong now, and a student trained only on its latest images forgets the
 earlier ones: the final accuracy then depends on where the generator happened
 to stop (MNIST: 97.9-98.4% over three seeds). So the student also trains on a
 uniform sample of every image generated so far (a reservoir, kept with the
-teacher's logits): 98.45-98.65% over three seeds, and a replayed step costs a
+teacher's logits): 98.36-98.65% over five seeds, and a replayed step costs a
 fifth of a fresh one (no generator, no teacher).
 
 ``bn_prior`` adds what a BatchNorm teacher knows about its training data:
