@@ -197,11 +197,11 @@ class Store:
         """Move a job that has not ended to ``state``; False when it had already ended."""
         now = time.time()
         with self.transaction() as db:
-            row = db.execute("SELECT state, progress FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT state, progress, start_time FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] in TERMINAL_STATES:
                 return False
             sets = {"state": state}
-            if state == pb.JOB_STATE_RUNNING:
+            if state == pb.JOB_STATE_RUNNING and row["start_time"] is None:  # a requeued job keeps its first start
                 sets["start_time"] = now
             if state in TERMINAL_STATES:
                 sets["end_time"] = now

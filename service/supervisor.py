@@ -42,7 +42,7 @@ def describe_exit(exitcode: int | None) -> str:
 @dataclass
 class RunningJob:
     process: BaseProcess
-    started: float  # time.monotonic() when its worker started
+    started: float  # time.monotonic() at the job's first start (earlier than its worker's, after a requeue)
 
 
 class Supervisor:
@@ -110,7 +110,10 @@ class Supervisor:
                     job_id, pb.JOB_STATE_FAILED, f"could not start a worker: {e}", grpc.StatusCode.UNAVAILABLE.value[0]
                 )
                 continue
-            self.running[job_id] = RunningJob(process, time.monotonic())
+            # The time limit counts from the job's first start: a requeue after a restart gets no fresh allowance.
+            job = self.store.get_job(job_id)
+            ran_before = time.time() - job.start_time.ToMicroseconds() / 1e6 if job is not None else 0.0
+            self.running[job_id] = RunningJob(process, time.monotonic() - max(0.0, ran_before))
             log.info("job %s started in worker pid %s", job_id, process.pid)
         watermark = self.store.event_watermark()
         if watermark != self._watermark:
