@@ -51,7 +51,8 @@ def reporting_errors(directory: Path, rank: int) -> Iterator[None]:
 def run(plan: distributed.Launch, directory: Path, entrypoint: Callable[..., Any], *args: Any) -> dict[int, Any]:
     """``entrypoint(*args)`` on this node's ranks; their return values by global rank.
 
-    Raises RankFailed with the first failed rank's own message, or Interrupted
+    Raises RankFailed with the failed rank's own message (one killed by a signal
+    before the first to fail otherwise), or Interrupted
     when SIGTERM (the server draining) reached this process meanwhile.
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,10 @@ def run(plan: distributed.Launch, directory: Path, entrypoint: Callable[..., Any
     except SignalException as e:
         raise Interrupted("the server is shutting down") from e
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
+        # A process killed by a signal (the OOM killer, kill -9) is the cause: its peers then fail in a
+        # collective with "connection closed", and their failures can carry an earlier timestamp.
+        killed = sorted(r for r, f in e.failures.items() if f.exitcode < 0)
+        rank, failure = (killed[0], e.failures[killed[0]]) if killed else e.get_first_failure()
         reported = _error_file(directory, rank)
         if reported.exists():
             error = json.loads(reported.read_text())

@@ -8,6 +8,7 @@ the proto later are fuzzed too.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -256,6 +257,8 @@ def legitimate_rejections(spec: pb.JobSpec, model_ids: list[str]) -> set[grpc.St
     if spec.teacher_model_id not in model_ids or student_id not in (None, *model_ids):
         codes.add(grpc.StatusCode.NOT_FOUND)
     if spec.device == pb.DEVICE_CUDA:  # FAILED_PRECONDITION on a server without CUDA
+        codes.add(grpc.StatusCode.FAILED_PRECONDITION)
+    if spec.distributed.processes_per_node > (os.cpu_count() or 1):  # more processes than this server has cores
         codes.add(grpc.StatusCode.FAILED_PRECONDITION)
     return codes
 
