@@ -138,13 +138,13 @@ def test_kill_9_mid_training_resumes_from_its_checkpoint_and_loses_nothing(tmp_p
 
 
 def test_time_limit_counts_from_the_first_start_across_a_restart(tmp_path: Path, teacher_file: Path) -> None:
-    data_dir, limit = tmp_path / "data", 15
+    data_dir, limit = tmp_path / "data", 20
     process, address = spawn_server(data_dir, ["--job-time-limit", str(limit)])
     try:
         with Client(address) as client:
             teacher = client.upload(teacher_file, architecture="lenet5")
             job = client.create_job(long_spec(teacher.id))
-            wait_for_step(client, job.id, 5, timeout=limit - 2)
+            wait_for_step(client, job.id, 5, timeout=limit - 4)
             first_start = client.get_job(job.id).start_time.ToMicroseconds() / 1e6
         process.kill()
         process.wait()
@@ -155,8 +155,9 @@ def test_time_limit_counts_from_the_first_start_across_a_restart(tmp_path: Path,
             failed = client.wait(job.id)
             assert failed.state == pb.JOB_STATE_FAILED and f"time limit of {limit} s" in failed.error.message
             assert failed.start_time.ToMicroseconds() / 1e6 == first_start  # the requeue kept the first start
-            # Ended at the restart, not after a fresh allowance (that would be >= 2 x limit after the first start).
-            assert failed.end_time.ToSeconds() - first_start < limit + 8
+            # Ended at the restart, not after a fresh allowance (that would be >= 2 x limit after the first start);
+            # the margin between is for the new server's start on a busy machine.
+            assert failed.end_time.ToSeconds() - first_start < 2 * limit
     finally:
         process.kill()
         process.wait()
