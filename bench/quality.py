@@ -140,7 +140,7 @@ def run_methods(case_name: str, args: argparse.Namespace) -> str:
         if args.methods and not any(m in name for m in args.methods):
             continue
         scores, times = [], []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             student, seconds = train_student(case, teacher, splits, configs, args.epochs, seed)
             scores.append(top1(student, splits.val, splits.normalization))
             times.append(seconds)
@@ -200,7 +200,7 @@ def run_data_free(case_name: str, args: argparse.Namespace) -> str:
         if (args.methods and not any(m in name for m in args.methods)) or (overrides["method"] == "bn_prior" and not has_bn):
             continue
         scores, seconds, agreement, rarest = [], [], [], []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             torch.manual_seed(seed)
             student = models.build(case.student, classes, shape[0])
             config = datafree.DataFreeConfig(
@@ -286,6 +286,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", choices=[*CASES, "mnist-omit3", "mnist-datafree", "cifar10-datafree"], default="mnist")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from here (to add runs to an earlier table)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--train-samples", type=int, default=0, help="cap the training split (0: all)")
     p.add_argument("--test-samples", type=int, default=0, help="cap the test split (0: all)")
