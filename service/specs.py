@@ -346,16 +346,17 @@ def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
         for name in ("adversarial_weight", "bn_weight", "confidence_weight", "balance_weight")
         if d.HasField(name)
     }
+    default = DataFreeConfig()
     try:
         config = DataFreeConfig(
             method=_DATA_FREE_METHODS[d.method],
-            iterations=d.iterations or 2000,
-            student_steps=d.student_steps or 2,
-            replay_steps=d.replay_steps if d.HasField("replay_steps") else 10,
-            replay_memory_mb=d.replay_memory_mb or 128,
-            batch_size=d.batch_size or 256,
-            student_lr=_digits(d.student_learning_rate) or 0.1,
-            generator_lr=_digits(d.generator_learning_rate) or 1e-3,
+            iterations=d.iterations or default.iterations,
+            student_steps=d.student_steps or default.student_steps,
+            replay_steps=d.replay_steps if d.HasField("replay_steps") else default.replay_steps,
+            replay_memory_mb=d.replay_memory_mb or default.replay_memory_mb,
+            batch_size=d.batch_size or default.batch_size,
+            student_lr=_digits(d.student_learning_rate) or default.student_lr,
+            generator_lr=_digits(d.generator_learning_rate) or default.generator_lr,
             generator_width=d.generator_width or (64 if training.device == "cuda" else 16),
             seed=training.seed,
             checkpoint_interval_steps=t.checkpoint_interval_steps or 100,
