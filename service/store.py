@@ -22,6 +22,9 @@ from protos.distillery.v1 import distillery_pb2 as pb
 
 TERMINAL_STATES = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 
+# A job's run time is run_seconds (earlier starts, and this one up to running_since) plus, while it is
+# RUNNING, the time since running_since. No SQL comments below: SQLite keeps them in the stored schema,
+# and ALTER TABLE edits that text.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY,
@@ -44,7 +47,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT NOT NULL DEFAULT '',
     create_time REAL NOT NULL,
     start_time REAL,
-    end_time REAL
+    end_time REAL,
+    run_seconds REAL NOT NULL DEFAULT 0,
+    running_since REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -81,6 +86,14 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS throughout
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns that later versions introduced to a store an earlier version made."""
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "run_seconds" not in columns:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN run_seconds REAL NOT NULL DEFAULT 0")
+            self.db.execute("ALTER TABLE jobs ADD COLUMN running_since REAL")
 
     def close(self) -> None:
         self.db.close()
@@ -151,9 +164,9 @@ class Store:
 
     def _job_unlocked(self, job_id: str) -> pb.Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else self._job_from_row(row)
+        return None if row is None else self._job_from_row(row, self.list_artifacts(job_id))
 
-    def _job_from_row(self, row: sqlite3.Row) -> pb.Job:
+    def _job_from_row(self, row: sqlite3.Row, artifacts: list[pb.Artifact]) -> pb.Job:
         spec = pb.JobSpec()
         spec.ParseFromString(row["spec"])
         job = pb.Job(
@@ -167,9 +180,10 @@ class Store:
             start_time=timestamp(row["start_time"]),
             end_time=timestamp(row["end_time"]),
         )
+        job.run_time.FromNanoseconds(int(_run_seconds(row, time.time()) * 1e9))
         if row["error_code"]:
             job.error.code, job.error.message = row["error_code"], row["error_message"]
-        job.artifacts.extend(self.list_artifacts(row["id"]))
+        job.artifacts.extend(artifacts)
         return job
 
     def list_jobs(self, page_size: int, page_token: str, state: int) -> tuple[list[pb.Job], str]:
@@ -182,7 +196,15 @@ class Store:
             query, args = query + " AND seq < ?", args + [before]
         rows = self.db.execute(query + " ORDER BY seq DESC LIMIT ?", (*args, page_size + 1)).fetchall()
         next_token = _encode_token(rows[page_size - 1]["seq"]) if len(rows) > page_size else ""
-        return [self._job_from_row(r) for r in rows[:page_size]], next_token
+        rows = rows[:page_size]
+        # The page's artifacts in one query, not one per job.
+        artifacts: dict[str, list[pb.Artifact]] = {r["id"]: [] for r in rows}
+        for a in self.db.execute(
+            f"SELECT * FROM artifacts WHERE job_id IN ({', '.join('?' * len(rows))}) ORDER BY job_id, name",
+            list(artifacts),
+        ):
+            artifacts[a["job_id"]].append(_artifact(a))
+        return [self._job_from_row(r, artifacts[r["id"]]) for r in rows], next_token
 
     def next_queued(self) -> str | None:
         row = self.db.execute(
@@ -193,16 +215,28 @@ class Store:
     def ids_in_state(self, state: int) -> list[str]:
         return [r["id"] for r in self.db.execute("SELECT id FROM jobs WHERE state = ?", (state,))]
 
-    def transition(self, job_id: str, state: int, message: str = "", error_code: int = 0) -> bool:
-        """Move a job that has not ended to ``state``; False when it had already ended."""
+    def transition(
+        self, job_id: str, state: int, message: str = "", error_code: int = 0, count_running_time: bool = True
+    ) -> bool:
+        """Move a job that has not ended to ``state``; False when it had already ended.
+
+        ``count_running_time=False`` leaves a run's time since its last
+        ``save_run_time`` uncounted: for a job the server was running when it
+        died, that would count the downtime too.
+        """
         now = time.time()
         with self.transaction() as db:
-            row = db.execute("SELECT state, progress, start_time FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] in TERMINAL_STATES:
                 return False
             sets = {"state": state}
-            if state == pb.JOB_STATE_RUNNING and row["start_time"] is None:  # a requeued job keeps its first start
-                sets["start_time"] = now
+            if state == pb.JOB_STATE_RUNNING:
+                sets["running_since"] = now
+                if row["start_time"] is None:  # a requeued job keeps its first start
+                    sets["start_time"] = now
+            elif row["running_since"] is not None:
+                sets["run_seconds"] = _run_seconds(row, now) if count_running_time else row["run_seconds"]
+                sets["running_since"] = None
             if state in TERMINAL_STATES:
                 sets["end_time"] = now
             if state == pb.JOB_STATE_SUCCEEDED:
@@ -215,6 +249,24 @@ class Store:
             progress = sets.get("progress", row["progress"])
             self._append_event(db, job_id, pb.JobEvent(state=state, message=message, progress=progress))
             return True
+
+    def save_run_time(self, job_ids: list[str]) -> None:
+        """Fold the running jobs' time so far into their saved run time (what survives a crash of the server)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE jobs SET run_seconds = run_seconds + MAX(0, ? - running_since), running_since = ? "
+                "WHERE id = ? AND running_since IS NOT NULL",
+                [(now, now, job_id) for job_id in job_ids],
+            )
+
+    def run_seconds(self, job_ids: list[str]) -> dict[str, float]:
+        """How long each job has run, over all its starts; what --job-time-limit counts."""
+        now = time.time()
+        rows = self.db.execute(
+            f"SELECT id, run_seconds, running_since FROM jobs WHERE id IN ({', '.join('?' * len(job_ids))})", job_ids
+        )
+        return {row["id"]: _run_seconds(row, now) for row in rows}
 
     def record_progress(self, job_id: str, event: pb.JobEvent) -> None:
         """Append a progress event and mirror its stage and progress on the job."""
@@ -258,7 +310,16 @@ class Store:
 
     def list_artifacts(self, job_id: str) -> list[pb.Artifact]:
         rows = self.db.execute("SELECT * FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,))
-        return [pb.Artifact(name=r["name"], sha256=r["sha256"], size_bytes=r["size_bytes"]) for r in rows]
+        return [_artifact(r) for r in rows]
+
+
+def _artifact(row: sqlite3.Row) -> pb.Artifact:
+    return pb.Artifact(name=row["name"], sha256=row["sha256"], size_bytes=row["size_bytes"])
+
+
+def _run_seconds(row: sqlite3.Row, now: float) -> float:
+    since = row["running_since"]
+    return row["run_seconds"] + (max(0.0, now - since) if since is not None else 0.0)
 
 
 def _encode_token(seq: int) -> str:

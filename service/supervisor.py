@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
 import grpc
@@ -39,17 +38,16 @@ def describe_exit(exitcode: int | None) -> str:
     return f"the worker process exited with code {exitcode} without finishing the job"
 
 
-@dataclass
-class RunningJob:
-    process: BaseProcess
-    started: float  # time.monotonic() at the job's first start (earlier than its worker's, after a requeue)
+# How often the running jobs' run time is saved: what a crash of the whole server can leave
+# uncounted (--job-time-limit counts the time jobs run, never the time the server is down).
+RUN_TIME_SAVE_INTERVAL_S = 2.0
 
 
 class Supervisor:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.running: dict[str, RunningJob] = {}
+        self.running: dict[str, BaseProcess] = {}
         self.accepting = True
         self._context = multiprocessing.get_context("spawn")
         # A child inherits the nice value of the thread that starts it. Workers start from this
@@ -59,11 +57,13 @@ class Supervisor:
         self._changed = asyncio.Event()
         self._watermark = -1
         self._stopped = asyncio.Event()
+        self._run_time_saved = time.monotonic()
 
     def recover(self) -> None:
         """Jobs that were RUNNING when the server died go back to the queue (they resume from a checkpoint)."""
         for job_id in self.store.ids_in_state(pb.JOB_STATE_RUNNING):
-            self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued after a server restart")
+            # The time since its last saved run time was mostly the server being down: not counted.
+            self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued after a server restart", count_running_time=False)
 
     async def run(self) -> None:
         while not self._stopped.is_set():
@@ -78,9 +78,12 @@ class Supervisor:
 
     def tick(self) -> None:
         limit = self.config.job_time_limit_s
-        for job_id, running in list(self.running.items()):
-            process = running.process
-            if limit and process.is_alive() and time.monotonic() - running.started > limit:
+        if self.running and time.monotonic() - self._run_time_saved >= RUN_TIME_SAVE_INTERVAL_S:
+            self.store.save_run_time(list(self.running))
+            self._run_time_saved = time.monotonic()
+        run_seconds = self.store.run_seconds(list(self.running)) if limit and self.running else {}
+        for job_id, process in list(self.running.items()):
+            if limit and process.is_alive() and run_seconds.get(job_id, 0.0) > limit:
                 self._kill_now(process)
                 self.store.transition(
                     job_id,
@@ -110,10 +113,7 @@ class Supervisor:
                     job_id, pb.JOB_STATE_FAILED, f"could not start a worker: {e}", grpc.StatusCode.UNAVAILABLE.value[0]
                 )
                 continue
-            # The time limit counts from the job's first start: a requeue after a restart gets no fresh allowance.
-            job = self.store.get_job(job_id)
-            ran_before = time.time() - job.start_time.ToMicroseconds() / 1e6 if job is not None else 0.0
-            self.running[job_id] = RunningJob(process, time.monotonic() - max(0.0, ran_before))
+            self.running[job_id] = process
             log.info("job %s started in worker pid %s", job_id, process.pid)
         watermark = self.store.event_watermark()
         if watermark != self._watermark:
@@ -134,10 +134,10 @@ class Supervisor:
             job_id, pb.JOB_STATE_CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED.value[0]
         ):
             return False
-        running = self.running.pop(job_id, None)
-        if running is not None:
-            self._kill_now(running.process)
-            await asyncio.to_thread(running.process.join, 10)
+        process = self.running.pop(job_id, None)
+        if process is not None:
+            self._kill_now(process)
+            await asyncio.to_thread(process.join, 10)
         (self.config.checkpoints_dir / f"{job_id}.pt").unlink(missing_ok=True)
         return True
 
@@ -150,14 +150,13 @@ class Supervisor:
         """
         self.accepting = False
         self._stopped.set()
-        for running in self.running.values():
+        for process in self.running.values():
             try:
-                os.kill(running.process.pid, signal.SIGTERM)
+                os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + self.config.drain_timeout_s
-        for job_id, running in self.running.items():
-            process = running.process
+        for job_id, process in self.running.items():
             await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.warning("job %s did not stop within %g s; killing it", job_id, self.config.drain_timeout_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -18,12 +19,15 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import cli
 from service.client import Client
 from service.server import spawn_server, stop_server
+from service.store import Store
 from tests.conftest import rpc_error, tiny_spec
 
 
@@ -137,30 +141,63 @@ def test_kill_9_mid_training_resumes_from_its_checkpoint_and_loses_nothing(tmp_p
         process.wait()
 
 
-def test_time_limit_counts_from_the_first_start_across_a_restart(tmp_path: Path, teacher_file: Path) -> None:
-    data_dir, limit = tmp_path / "data", 20
+def seconds(value: Timestamp | Duration) -> float:
+    return value.ToNanoseconds() / 1e9
+
+
+def test_time_limit_counts_running_time_across_a_restart_not_downtime(tmp_path: Path, teacher_file: Path) -> None:
+    data_dir, limit = tmp_path / "data", 24
     process, address = spawn_server(data_dir, ["--job-time-limit", str(limit)])
     try:
         with Client(address) as client:
             teacher = client.upload(teacher_file, architecture="lenet5")
             job = client.create_job(long_spec(teacher.id))
-            wait_for_step(client, job.id, 5, timeout=limit - 4)
-            first_start = client.get_job(job.id).start_time.ToMicroseconds() / 1e6
+            wait_for_step(client, job.id, 5, timeout=limit / 2)
+            first_start = seconds(client.get_job(job.id).start_time)
+            time.sleep(max(0.0, first_start + limit / 2 - time.time()))  # half the allowance spent
+            ran = seconds(client.get_job(job.id).run_time)
+            assert limit / 2 - 3 < ran <= limit / 2 + 1  # the supervisor saves it every 2 s
         process.kill()
         process.wait()
-        time.sleep(max(0.0, first_start + limit - time.time()))  # the limit has passed while the server was down
+        time.sleep(limit / 2 + 2)  # down for longer than what is left of the allowance: none of it may count
 
         process, address = spawn_server(data_dir, ["--job-time-limit", str(limit)])
         with Client(address) as client:
             failed = client.wait(job.id)
             assert failed.state == pb.JOB_STATE_FAILED and f"time limit of {limit} s" in failed.error.message
-            assert failed.start_time.ToMicroseconds() / 1e6 == first_start  # the requeue kept the first start
-            # Ended at the restart, not after a fresh allowance (that would be >= 2 x limit after the first start);
-            # the margin between is for the new server's start on a busy machine.
-            assert failed.end_time.ToSeconds() - first_start < 2 * limit
+            assert seconds(failed.start_time) == first_start  # the requeue kept the first start
+            assert limit <= seconds(failed.run_time) < limit + 1
+            events = list(client.watch(job.id))
+            restart = [e.message for e in events].index("requeued after a server restart")
+            assert any(e.message.startswith("resuming from step") for e in events[restart:])  # it ran again
+            # ...for what was left of the allowance: not nothing (downtime counted), not a fresh one.
+            second_start = next(e for e in events[restart:] if e.message == "started")
+            second_run = seconds(failed.end_time) - seconds(second_start.time)
+            assert limit - ran - 3 < second_run < limit - ran + 2, (ran, second_run)
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_store_from_before_run_time_opens_with_its_jobs(tmp_path: Path) -> None:
+    """A server upgraded in place keeps its jobs: the columns run time needs are added on open."""
+    store = Store(tmp_path / "store.db")
+    job, _ = store.create_job(tiny_spec("m-teacher"), "request-1", max_queued=10)
+    store.close()
+    db = sqlite3.connect(tmp_path / "store.db")
+    db.execute("ALTER TABLE jobs DROP COLUMN running_since")
+    db.execute("ALTER TABLE jobs DROP COLUMN run_seconds")
+    db.close()
+
+    store = Store(tmp_path / "store.db")
+    assert store.get_job(job.id) == job
+    assert store.transition(job.id, pb.JOB_STATE_RUNNING, "started")
+    time.sleep(0.05)
+    assert store.transition(job.id, pb.JOB_STATE_SUCCEEDED, "done")
+    finished = store.get_job(job.id)
+    assert seconds(finished.run_time) == pytest.approx(seconds(finished.end_time) - seconds(finished.start_time), abs=1e-3)
+    assert seconds(finished.run_time) >= 0.05
+    store.close()
 
 
 @pytest.mark.parametrize("processes", [0, 2], ids=["in-worker", "2-processes"])

@@ -60,6 +60,8 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     assert training and training[-1].step == training[-1].total_steps and training[-1].loss > 0
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED and events[-1].progress == 1.0
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    ran, started, ended = (t.ToNanoseconds() / 1e9 for t in (job.run_time, job.start_time, job.end_time))
+    assert ran == pytest.approx(ended - started, abs=1e-3)  # one start, never requeued: it ran from start to end
 
     report = client.report(job.id)
     teacher, student, student_onnx, int8_static, int8_dynamic, fp16 = report.variants
@@ -136,8 +138,8 @@ def test_list_jobs_pages_and_filters(finished_job, client: Client) -> None:
     assert len(first.jobs) == 1
     all_ids = [j.id for j in client.list_jobs(page_size=1)]
     assert job.id in all_ids and len(all_ids) == len(set(all_ids))
-    succeeded = [j.id for j in client.list_jobs(state=pb.JOB_STATE_SUCCEEDED)]
-    assert job.id in succeeded
+    succeeded = {j.id: j for j in client.list_jobs(state=pb.JOB_STATE_SUCCEEDED)}
+    assert succeeded[job.id] == client.get_job(job.id) and succeeded[job.id].artifacts  # the page has each job whole
     bad = rpc_error(client.stub.ListJobs, pb.ListJobsRequest(page_token="garbage"))
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
 
