@@ -175,6 +175,7 @@ DATA_FREE: dict[str, dict[str, float | str]] = {
     "dfad without replay (5 fresh steps)": {"method": "dfad", "student_steps": 5, "replay_steps": 0},
     "dfad, pure (balance_weight 0)": {"method": "dfad", "balance_weight": 0.0},
     "bn_prior (BatchNorm teachers)": {"method": "bn_prior"},
+    "bn_prior, 20 replayed steps": {"method": "bn_prior", "replay_steps": 20},
 }
 
 
