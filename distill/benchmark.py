@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from distill import allocator
 
@@ -300,8 +300,25 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_macs(model: Callable[[torch.Tensor], torch.Tensor], input_shape: tuple[int, ...], device: str = "cpu") -> int:
-    """Multiply-accumulates for one sample (torch's flop counter counts 2 per MAC)."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(torch.zeros(1, *input_shape, device=device))
+    """Multiply-accumulates for one sample (torch's flop counter counts 2 per MAC).
+
+    Attention is counted in full, as in the model's ONNX graph: nn.MultiheadAttention's
+    inference fast path is one fused op the counter does not see (a ViT-B/16 would lose
+    a third of its MACs), and the counter has no entry for CPU attention.
+    """
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with counter, torch.inference_mode():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     return counter.get_total_flops() // 2
+
+
+def _attention_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return sdpa_flop_count(query, key, value)  # the counter passes shapes
+
+
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}

@@ -6,6 +6,7 @@ internals and refuse it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,47 @@ def parameter_count(model: OnnxTeacher) -> int:
     graph = onnx.load(model.path, load_external_data=False).graph
     weights = (init for init in graph.initializer if init.data_type in _FLOAT_TYPES)
     return sum(int(np.prod(init.dims)) for init in weights)
+
+
+def mac_count(model: OnnxTeacher, input_shape: tuple[int, int, int]) -> int:
+    """Multiply-accumulates for one sample, counted as ``count_macs`` counts a PyTorch model's.
+
+    Conv, Gemm and MatMul nodes (what torch's flop counter counts), sized by
+    ONNX shape inference with the input fixed to ``input_shape``; 0 when a
+    size cannot be inferred (the report shows "-").
+    """
+    graph_model = onnx.load(model.path, load_external_data=False)
+    weights = {init.name: list(init.dims) for init in graph_model.graph.initializer}
+    model_input = next(i for i in graph_model.graph.input if i.name not in weights)
+    dims = model_input.type.tensor_type.shape.dim
+    if len(dims) != 1 + len(input_shape):
+        return 0
+    batch = dims[0].dim_value or 1  # a file exported for a fixed batch keeps it; the total is divided by it
+    for dim, size in zip(dims, (batch, *input_shape)):
+        dim.dim_value = size
+    try:
+        graph = onnx.shape_inference.infer_shapes(graph_model, data_prop=True).graph
+    except Exception:  # inference refuses some graphs outright; they are not counted
+        return 0
+    shapes = dict(weights)
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
+
+    total = 0
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        a, b, out = (shapes.get(name) for name in (node.input[0], node.input[1], node.output[0]))
+        if not a or not b or not out or 0 in a + b + out:
+            return 0
+        if node.op_type == "Conv":  # weight: out channels, in channels / groups, kernel
+            total += math.prod(out) * math.prod(b[1:])
+        elif node.op_type == "Gemm":
+            trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+            total += math.prod(out) * a[0 if trans_a else 1]
+        else:
+            total += math.prod(out) * a[-1]
+    return total // batch
 
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}

@@ -123,7 +123,7 @@ def size(n: float) -> str:
 
 def count(n: int) -> str:
     if n == 0:
-        return "-"  # not measurable (an ONNX file's MACs)
+        return "-"  # not counted (an ONNX graph whose sizes shape inference cannot work out)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= scale:
             return f"{n / scale:.2f}{unit}"

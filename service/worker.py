@@ -730,7 +730,7 @@ class Job:
         ``inputs``: the view of the evaluation inputs it is timed on, when not the native one.
         """
         if onnx:
-            parameters, macs, device = onnx_teacher.parameter_count(model), 0, "cpu"
+            parameters, macs, device = onnx_teacher.parameter_count(model), onnx_teacher.mac_count(model, shape), "cpu"
         else:
             parameters, macs = count_parameters(model), _macs(model, shape, device)
         runner = Runner(

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from distill import models
-from exporters import onnx_export
+from distill.benchmark import count_macs
+from exporters import onnx_export, onnx_teacher
 
 
 @pytest.mark.parametrize("architecture", ["lenet5_half", "resnet8_cifar"])
@@ -44,8 +46,6 @@ def test_onnx_matches_torch_numerically(tmp_path: Path) -> None:
 
 
 def test_onnx_teacher_is_detected_and_runs_any_batch(tmp_path: Path) -> None:
-    from exporters import onnx_teacher
-
     model = models.build("lenet5", 4, 1).eval()
     dynamic = onnx_export.export_onnx(model, torch.randn(2, 1, 28, 28), tmp_path / "dynamic.onnx").path
     static = tmp_path / "static.onnx"
@@ -60,3 +60,32 @@ def test_onnx_teacher_is_detected_and_runs_any_batch(tmp_path: Path) -> None:
         teacher = onnx_teacher.load_onnx_teacher(path, (1, 28, 28))
         assert teacher.num_classes == 4 and teacher.format == "onnx"
         assert torch.allclose(teacher.model(x), expected, atol=1e-4)
+
+
+class TinyViT(nn.Module):
+    """Patches, one transformer encoder layer, a linear head: attention for the MAC counters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 32, 4, stride=4)
+        self.encoder = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.patch(x).flatten(2).transpose(1, 2)).mean(dim=1))
+
+
+@pytest.mark.parametrize("architecture", ["lenet5", "resnet8_cifar", "tiny_vit"])
+def test_macs_of_a_model_and_of_its_onnx_file_agree(tmp_path: Path, architecture: str) -> None:
+    model = TinyViT().eval() if architecture == "tiny_vit" else models.build(architecture, 10, 1).eval()
+    shape = (1, 16, 16) if architecture == "tiny_vit" else (1, 28, 28)
+    dynamic = onnx_export.export_onnx(model, torch.randn(2, *shape), tmp_path / "dynamic.onnx").path
+    static = tmp_path / "static.onnx"  # exported for batch 3: the count is still per input
+    torch.onnx.export(model, (torch.randn(3, *shape),), str(static), dynamo=False, input_names=["x"])
+
+    macs = count_macs(model, shape)
+    assert [onnx_teacher.mac_count(onnx_teacher.OnnxTeacher(p), shape) for p in (dynamic, static)] == [macs, macs]
+    if architecture == "lenet5":  # by hand: conv 6x28x28x25, conv 16x10x10x150, fc 400x120, 120x84, 84x10
+        assert macs == 117_600 + 240_000 + 48_000 + 10_080 + 840
+    if architecture == "tiny_vit":  # attention is in: the patch embedding and head alone are 8,512
+        assert macs > 100_000

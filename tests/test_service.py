@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from distill import data, datafree, models
+from distill.benchmark import count_macs
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from tests.conftest import TINY_DATA, rpc_error, tiny_spec, train_tiny_teacher
@@ -308,6 +309,7 @@ def test_onnx_teacher_distils_with_kd_only(client: Client, tiny_teacher: torch.n
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     teacher_variant = client.report(job.id).variants[0]
     assert (teacher_variant.model, teacher_variant.runtime) == ("teacher", "onnxruntime")
+    assert teacher_variant.macs == count_macs(tiny_teacher, (1, 28, 28))  # counted from the graph
     assert teacher_variant.accuracy.top1 > 90
 
 
