@@ -156,7 +156,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for job in client.list_jobs(state):
             name = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
-            print(f"{job.id}  {name:<10} {job.stage:<14} {100 * job.progress:5.1f}%  {job.spec.display_name}")
+            minutes, seconds = divmod(job.run_time.seconds, 60)
+            ran = f"{minutes}m{seconds:02d}s"
+            print(f"{job.id}  {name:<10} {job.stage:<14} {100 * job.progress:5.1f}%  {ran:>8}  {job.spec.display_name}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def test_upload_submit_wait_report(server, teacher_file: Path, tmp_path: Path, c
     assert page.startswith("<!doctype html>") and report["summary"] in page
 
     assert cli.main([*address, "list", "--state", "succeeded"]) == 0
-    assert job_id in capsys.readouterr().out
+    listed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(job_id))
+    assert re.search(r"SUCCEEDED .* 100\.0%  +\d+m\d\ds  ", listed)  # state, progress, time it ran
     assert cli.main([*address, "download", job_id, "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "student.onnx").exists()
 
