@@ -171,8 +171,8 @@ def run_methods(case_name: str, args: argparse.Namespace) -> str:
 # Data-free rows: the same teacher, no data; the test split scores the final student once.
 DATA_FREE: dict[str, dict[str, float | str]] = {
     "dfad (default: + class balance, replay)": {"method": "dfad"},
-    "dfad, 20 replayed steps (the MNIST recipe)": {"method": "dfad", "replay_steps": 20},
-    "dfad, 6 fresh + 20 replayed steps": {"method": "dfad", "student_steps": 6, "replay_steps": 20},
+    "dfad, 20 replayed steps": {"method": "dfad", "replay_steps": 20},
+    "dfad, 6 fresh + 20 replayed steps (the MNIST recipe)": {"method": "dfad", "student_steps": 6, "replay_steps": 20},
     "dfad without replay (5 fresh steps)": {"method": "dfad", "student_steps": 5, "replay_steps": 0},
     "dfad, pure (balance_weight 0)": {"method": "dfad", "balance_weight": 0.0},
     "bn_prior (BatchNorm teachers)": {"method": "bn_prior"},

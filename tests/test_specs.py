@@ -32,7 +32,7 @@ def test_data_free_example_and_defaults(tmp_path: Path) -> None:
     assert plan.data_free.input_shape == (1, 28, 28) and plan.dataset is not None
     config = plan.data_free.config
     assert (config.method, config.iterations, config.generator_width, config.device) == ("auto", 700, 16, "cpu")
-    assert config.replay_steps == 20
+    assert (config.student_steps, config.replay_steps) == (6, 20)
 
     bare = pb.JobSpec(
         teacher_model_id="m-x",
