@@ -50,6 +50,8 @@ from distill.trainer import (
     _autocast,
     checkpoint_or_stop,
     predict,
+    restore_rng,
+    rng_state,
 )
 
 METHODS = ("auto", "dfad", "bn_prior")
@@ -304,7 +306,6 @@ def distil_data_free(
     if config.batch_size < ranks.world:
         raise ValueError(f"batch_size {config.batch_size} is smaller than the {ranks.world} training processes")
     started = time.perf_counter()
-    on_cuda = torch.device(device).type == "cuda"
     method = resolve_method(config.method, teacher)
     torch.manual_seed(config.seed)
     generator = Generator(config.noise_dim, input_shape, config.generator_width).to(device).train()
@@ -335,9 +336,7 @@ def distil_data_free(
             schedule.load_state_dict(state)
         step = int(resume_from["step"])
         started -= resume_from.get("wall_seconds", 0.0)  # the run's wall time counts what came before the resume
-        torch.set_rng_state(resume_from["rng"].cpu())  # the worker maps checkpoints to the job's device
-        if on_cuda and resume_from.get("cuda_rng") is not None:  # the noise is drawn on the device
-            torch.cuda.set_rng_state(resume_from["cuda_rng"].cpu(), device)
+        restore_rng(resume_from, device)  # the generator's noise draws from it
     if ranks.active:  # each rank its own noise stream (a resumed run starts a fresh one)
         torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + ranks.rank + 1)
     # What a step trains goes through DDP: the generator in generator steps, the student in student steps.
@@ -400,8 +399,7 @@ def distil_data_free(
                     "student_optimizer": student_opt.state_dict(),
                     "generator_optimizer": generator_opt.state_dict(),
                     "schedules": [s.state_dict() for s in schedules],
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
+                    **rng_state(device),
                     "replay": None if memory is None else memory.state_dict(),
                     "wall_seconds": time.perf_counter() - started,
                 },

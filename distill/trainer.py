@@ -103,6 +103,19 @@ class Interrupted(Exception):
     """Training stopped on request at a step boundary, after its checkpoint was handed over."""
 
 
+def rng_state(device: str) -> dict[str, torch.Tensor | None]:
+    """The random streams a resumed run must continue: the CPU's, and the GPU's when it runs on one."""
+    on_cuda = torch.device(device).type == "cuda"
+    return {"rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None}
+
+
+def restore_rng(saved: dict[str, Any], device: str) -> None:
+    if saved.get("rng") is not None:  # checkpoints written before it was saved have none
+        torch.set_rng_state(saved["rng"].cpu())  # the worker maps checkpoints to the job's device
+    if saved.get("cuda_rng") is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
+
+
 def checkpoint_or_stop(
     step: int,
     total_steps: int,
@@ -220,6 +233,7 @@ def distil(
         schedule.load_state_dict(resume_from["schedule"])
         step = int(resume_from["step"])
         started -= resume_from.get("wall_seconds", 0.0)  # the run's wall time counts what came before the resume
+        restore_rng(resume_from, device)  # data distortion draws from it
 
     student_store: dict[str, torch.Tensor] = {}
     teacher_store: dict[str, torch.Tensor] = {}
@@ -294,6 +308,7 @@ def distil(
                         "loss": loss_fn.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
+                        **rng_state(device),
                         "wall_seconds": time.perf_counter() - started,
                     },
                 )

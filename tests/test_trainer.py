@@ -88,6 +88,22 @@ def test_resume_from_checkpoint_gives_the_same_student(tiny_teacher: torch.nn.Mo
     assert torch.equal(result.visits, straight.visits) and (straight.visits == 3).all()
 
 
+def test_resume_continues_the_random_distortions_of_self_distillation() -> None:
+    splits = _splits()
+    config = trainer.TrainConfig(epochs=2, batch_size=32, checkpoint_interval_steps=5, seed=2)
+    checkpoints: list[dict[str, Any]] = []
+    full = models.build("lenet5_half", 4, 1)
+    loss = losses.build_loss([MethodConfig("self_distill")], None, full, (1, 28, 28))
+    trainer.distil(full, None, loss, splits.train, splits.normalization, config,
+                   on_checkpoint=lambda state: checkpoints.append(copy.deepcopy(state)))
+
+    resumed = models.build("lenet5_half", 4, 1)
+    loss = losses.build_loss([MethodConfig("self_distill")], None, resumed, (1, 28, 28))
+    trainer.distil(resumed, None, loss, splits.train, splits.normalization, config, resume_from=checkpoints[2])
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_a_stop_request_checkpoints_that_step_and_resume_finishes_the_same(tiny_teacher: torch.nn.Module) -> None:
     splits = _splits()
     config = trainer.TrainConfig(epochs=2, batch_size=32, checkpoint_interval_steps=1000, seed=2)
