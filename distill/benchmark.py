@@ -321,4 +321,6 @@ def _attention_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: An
     return sdpa_flop_count(query, key, value)  # the counter passes shapes
 
 
-_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+# A private aten op: looked up softly, so a torch without it loses the entry, not the import.
+_CPU_ATTENTION_OP = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_CPU_ATTENTION = {_CPU_ATTENTION_OP: _attention_flops} if _CPU_ATTENTION_OP is not None else {}
