@@ -51,6 +51,51 @@ def release_freed_memory() -> bool:
     return True
 
 
+def limit_memory(extra_bytes: int) -> None:
+    """Let this process (and any it starts) allocate at most ``extra_bytes`` more than it holds now.
+
+    RLIMIT_DATA bounds private writable memory: the heap, anonymous mappings
+    (large tensors, onnxruntime's arenas, thread stacks). Unlike RLIMIT_AS it
+    ignores mapped libraries and reserved address space, so the ~0.8 GB torch
+    maps at import is the baseline, not the budget. An allocation past it fails
+    (MemoryError, or torch's "can't allocate memory") instead of the kernel's
+    OOM killer taking the process, or the whole server, down.
+    """
+    if not sys.platform.startswith("linux") or extra_bytes <= 0:
+        return
+    import resource
+
+    limit = _data_bytes() + extra_bytes
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def _data_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# What an allocation that hit the memory limit says, in torch, onnxruntime and C++.
+_OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "bad_alloc", "failed to allocate memory")
+
+
+def out_of_memory(error: BaseException | None) -> str:
+    """The line in which ``error`` (or what caused it) says an allocation failed; "" when it does not."""
+    while error is not None:
+        if isinstance(error, MemoryError):
+            return str(error) or "MemoryError"
+        for line in str(error).splitlines():
+            if any(s in line.lower() for s in _OUT_OF_MEMORY):
+                return " ".join(line.split())
+        error = error.__cause__
+    return ""
+
+
 def _glibc(function: str):  # noqa: ANN202 (a ctypes function pointer)
     """A glibc function, or None where the C library is not glibc (musl, macOS, Windows)."""
     if not sys.platform.startswith("linux"):

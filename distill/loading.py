@@ -1,8 +1,10 @@
-"""Teacher files: detect the format without running anything, then load safely.
+"""Teacher files: load a file that ``model_checks`` has passed, without letting it run code.
 
 Accepted formats:
 - TorchScript archive (``torch.jit.save``);
-- torch.export program (``torch.export.save``, .pt2);
+- torch.export program (``torch.export.save``, .pt2), loaded with torch's
+  ``weights_only`` unpickler forced on and without its guard code (which torch
+  would ``exec``);
 - state_dict (``torch.save(model.state_dict())``) plus a registry architecture,
   loaded with ``weights_only=True``.
 
@@ -12,8 +14,9 @@ imports and calls whatever the file names, which is arbitrary code.
 
 from __future__ import annotations
 
-import pickletools
-import zipfile
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,79 +24,11 @@ import torch
 from torch import nn
 
 from distill import models
+from distill.allocator import out_of_memory
+from distill.model_checks import EXPORTED_PROGRAM, STATE_DICT, TORCHSCRIPT, WHAT_TO_SEND, ModelFileError, torch_message
 
-TORCHSCRIPT = "torchscript"
-EXPORTED_PROGRAM = "exported_program"
-STATE_DICT = "state_dict"
 FORMATS = (TORCHSCRIPT, EXPORTED_PROGRAM, STATE_DICT)
-
-WHAT_TO_SEND = (
-    "send torch.save(model.state_dict()) with an architecture name, "
-    "a TorchScript archive (torch.jit.save(torch.jit.script(model))), "
-    "or a torch.export program (torch.export.save)"
-)
-
-
-class ModelFileError(ValueError):
-    """The file is not a model this service can load, or not safely."""
-
-
-# Globals a tensor-only pickle may name; what torch.load(weights_only=True) accepts.
-_SAFE_GLOBAL_PREFIXES = ("torch._utils._rebuild_", "torch._tensor._rebuild_")
-_SAFE_GLOBALS = {"collections.OrderedDict", "torch.Size", "torch.device"}
-
-
-def _is_safe_global(name: str) -> bool:
-    module, _, attr = name.rpartition(".")
-    if name in _SAFE_GLOBALS or name.startswith(_SAFE_GLOBAL_PREFIXES):
-        return True
-    # torch.FloatStorage, torch.float32, ...: storage types and dtypes.
-    return module == "torch" and (attr.endswith("Storage") or isinstance(getattr(torch, attr, None), torch.dtype))
-
-
-def pickle_globals(data: bytes) -> set[str]:
-    """Every ``module.name`` a pickle would import, read from its opcodes (nothing runs)."""
-    names: set[str] = set()
-    recent_strings: list[str] = []
-    for opcode, arg, _ in pickletools.genops(data):
-        if opcode.name == "GLOBAL":
-            module, name = arg.split(" ", 1)
-            names.add(f"{module}.{name}")
-        elif opcode.name == "STACK_GLOBAL" and len(recent_strings) >= 2:
-            names.add(f"{recent_strings[-2]}.{recent_strings[-1]}")
-        elif isinstance(arg, str):
-            recent_strings = (recent_strings + [arg])[-2:]
-    return names
-
-
-def detect_format(path: Path) -> str:
-    """The format of a model file, judged from its archive layout and pickle opcodes."""
-    if not zipfile.is_zipfile(path):
-        raise ModelFileError(
-            "not a zip archive: raw pickles and legacy torch.save files are not accepted "
-            f"because loading them can run arbitrary code; {WHAT_TO_SEND}"
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if any(n.endswith("/archive_format") for n in names):
-                return EXPORTED_PROGRAM
-            if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
-                return TORCHSCRIPT
-            pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(pickles) != 1:
-                raise ModelFileError(f"zip archive is not a torch.save, TorchScript or torch.export file; {WHAT_TO_SEND}")
-            unsafe = sorted(g for g in pickle_globals(archive.read(pickles[0])) if not _is_safe_global(g))
-    except (zipfile.BadZipFile, ValueError) as e:
-        if isinstance(e, ModelFileError):
-            raise
-        raise ModelFileError(f"corrupt model archive: {e}") from e
-    if unsafe:
-        raise ModelFileError(
-            f"the file is a pickled Python object (it names {', '.join(unsafe[:3])}"
-            f"{', ...' if len(unsafe) > 3 else ''}); loading it would run arbitrary code. {WHAT_TO_SEND[0].upper()}{WHAT_TO_SEND[1:]}"
-        )
-    return STATE_DICT
+__all__ = ["EXPORTED_PROGRAM", "FORMATS", "STATE_DICT", "TORCHSCRIPT", "ModelFileError", "Teacher", "load_teacher"]
 
 
 @dataclass
@@ -111,17 +46,34 @@ def load_teacher(path: Path, fmt: str, architecture: str, input_shape: tuple[int
     """Load a teacher of a known format; ``input_shape`` is the data's (C, H, W)."""
     if fmt == STATE_DICT:
         model = _load_state_dict_model(path, architecture, input_shape[0])
-    elif fmt == TORCHSCRIPT:
-        model = torch.jit.load(str(path), map_location="cpu")
-        architecture = architecture or TORCHSCRIPT
-    elif fmt == EXPORTED_PROGRAM:
-        model = _load_exported_program(path)
-        architecture = architecture or EXPORTED_PROGRAM
     else:
-        raise ModelFileError(f"unknown model format {fmt!r}; known: {', '.join(FORMATS)}")
-    if fmt != EXPORTED_PROGRAM:  # an exported graph is frozen in the mode it was exported in
-        model.eval()
+        model = load_module(path, fmt)
+        architecture = architecture or fmt
     return describe_teacher(model, fmt, architecture, input_shape)
+
+
+def load_module(path: Path, fmt: str) -> nn.Module:
+    """A TorchScript or torch.export file as a module in eval mode; a state_dict is checked to be one.
+
+    What upload inspection runs (in a child process) to know the file loads, and
+    the worker runs for real. A state_dict needs an architecture to become a
+    module; here it is only read.
+    """
+    if fmt == STATE_DICT:
+        read_state_dict(path)
+        return nn.Identity()
+    if fmt == TORCHSCRIPT:
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as e:  # torch's reader: a malformed archive, code that does not compile
+            if out_of_memory(e):
+                raise
+            raise ModelFileError(f"cannot load the TorchScript archive: {torch_message(e)}") from e
+        return model.eval()
+    if fmt == EXPORTED_PROGRAM:
+        return _load_exported_program(path)  # an exported graph is frozen in the mode it was exported in
+    raise ModelFileError(f"unknown model format {fmt!r}; known: {', '.join(FORMATS)}")
+
 
 
 def describe_teacher(model: nn.Module, fmt: str, architecture: str, input_shape: tuple[int, int, int]) -> Teacher:
@@ -132,6 +84,8 @@ def describe_teacher(model: nn.Module, fmt: str, architecture: str, input_shape:
         with torch.inference_mode():
             out = model(torch.zeros(2, *input_shape))
     except Exception as e:  # a user's model may raise anything on the wrong shape
+        if out_of_memory(e):
+            raise
         raise ModelFileError(f"the teacher does not accept inputs of shape (N, {', '.join(map(str, input_shape))}): {e}") from e
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 2:
         raise ModelFileError(
@@ -140,15 +94,23 @@ def describe_teacher(model: nn.Module, fmt: str, architecture: str, input_shape:
     return Teacher(model, fmt, architecture, int(out.shape[1]), input_shape)
 
 
-def _load_state_dict_model(path: Path, architecture: str, in_channels: int) -> nn.Module:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a torch.save file, read by torch's ``weights_only`` unpickler (mapped, not copied)."""
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelFileError(f"cannot load the state_dict safely: {e}. {WHAT_TO_SEND}") from e
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # the restricted unpickler refuses anything but tensors and containers
+        if out_of_memory(e):
+            raise
+        raise ModelFileError(f"cannot load the state_dict safely: {torch_message(e)}. {WHAT_TO_SEND}") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a training checkpoint that wraps the weights
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError("the file does not hold a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def _load_state_dict_model(path: Path, architecture: str, in_channels: int) -> nn.Module:
+    state = read_state_dict(path)
     matrices = [v for v in state.values() if v.ndim == 2]
     if not matrices:
         raise ModelFileError("the state_dict has no linear layer to take the number of classes from")
@@ -183,15 +145,37 @@ class StaticBatchModule(nn.Module):
         return torch.cat(outputs)
 
 
+@contextmanager
+def _weights_only_forced() -> Iterator[None]:
+    """Make every torch.load inside use the ``weights_only`` unpickler, whatever its caller asks.
+
+    torch.export.load unpickles pickled weights, constants and sample inputs with
+    ``weights_only=False``; torch's own switch turns that off. Loading is single-threaded.
+    """
+    saved = {name: os.environ.pop(name, None) for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
 def _load_exported_program(path: Path) -> nn.Module:
     try:
-        program = torch.export.load(str(path))
-    except Exception as e:
-        raise ModelFileError(f"cannot load the torch.export program: {e}") from e
+        with _weights_only_forced(), open(path, "rb") as f:  # a file object: torch warns about names not ending .pt2
+            program = torch.export.load(f)
+    except Exception as e:  # torch's deserializer raises many types on a malformed program
+        if out_of_memory(e):
+            raise
+        raise ModelFileError(f"cannot load the torch.export program: {torch_message(e)}") from e
     inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
     if len(inputs) != 1:
         raise ModelFileError(f"the exported program must take one input tensor, it takes {len(inputs)}")
     batch = inputs[0].meta["val"].shape[0]
-    module = program.module()
+    # Guards are Python source carried in the file, which torch would exec; the probe forward checks the shape instead.
+    module = program.module(check_guards=False)
     # A program exported with a dynamic batch accepts any size; a static one is adapted.
     return module if not isinstance(batch, int) else StaticBatchModule(module, batch)

@@ -7,6 +7,7 @@ internals and refuse it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import onnx
 import torch
 from torch import nn
 
+from distill.allocator import out_of_memory
 from distill.loading import ModelFileError, Teacher, describe_teacher
 from exporters.onnx_export import predict, session
 
@@ -22,11 +24,66 @@ ONNX = "onnx"
 
 def is_onnx_model(path: Path) -> bool:
     """True when the file parses as an ONNX model with a graph (protobuf parsing runs no code)."""
+    return _parse(path) is not None
+
+
+def _parse(path: Path) -> onnx.ModelProto | None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not protobuf, or not this message
-        return False
-    return model.ir_version > 0 and len(model.graph.node) > 0 and len(model.graph.input) > 0
+        return None
+    return model if model.ir_version > 0 and len(model.graph.node) > 0 and len(model.graph.input) > 0 else None
+
+
+def check_onnx_file(path: Path) -> None:
+    """Refuse an ONNX file that would make onnxruntime read other files or allocate sizes it cannot hold.
+
+    External data would have onnxruntime open any path the file names (the
+    server's database, another model); a tensor that declares more bytes than
+    the whole file holds is a lie meant to make the loader allocate them.
+    """
+    model = _parse(path)
+    if model is None:
+        raise ModelFileError("not an ONNX model (no graph with inputs and nodes)")
+    file_bytes = path.stat().st_size
+    for where, tensor in _tensors(model.graph, "graph"):
+        name = f"{where} tensor {tensor.name!r}" if tensor.name else f"{where} tensor"
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            raise ModelFileError(f"{name} keeps its data in an external file; send a model with its weights inside the file")
+        if any(d < 0 for d in tensor.dims):
+            raise ModelFileError(f"{name} has a negative dimension {list(tensor.dims)}")
+        declared = math.prod(tensor.dims) * _ITEM_BYTES.get(tensor.data_type, 1)
+        if declared > 2 * file_bytes:  # x2: sub-byte types are counted as a byte each
+            raise ModelFileError(f"{name} declares {declared} bytes of data, the whole file is {file_bytes}")
+
+
+def _tensors(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every tensor a graph holds: initializers, sparse ones, constants in node attributes, and subgraphs'."""
+    for tensor in graph.initializer:
+        yield where, tensor
+    for sparse in graph.sparse_initializer:
+        yield where, sparse.values
+        yield where, sparse.indices
+    for node in graph.node:
+        here = f"{where} node {node.name or node.op_type}"
+        for attr in node.attribute:
+            for tensor in (*([attr.t] if attr.HasField("t") else []), *attr.tensors):
+                yield here, tensor
+            for sparse in (*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors):
+                yield here, sparse.values
+                yield here, sparse.indices
+            for subgraph in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                yield from _tensors(subgraph, f"{here} subgraph")
+
+
+def _item_bytes(data_type: int) -> int:
+    try:
+        return max(1, onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize)
+    except (KeyError, ValueError, TypeError):  # strings and types numpy cannot hold
+        return 1
+
+
+_ITEM_BYTES = {data_type: _item_bytes(data_type) for data_type in onnx.TensorProto.DataType.values()}
 
 
 class OnnxTeacher(nn.Module):
@@ -47,13 +104,19 @@ class OnnxTeacher(nn.Module):
 
 
 def load_onnx_teacher(path: Path, input_shape: tuple[int, int, int], num_threads: int = 0) -> Teacher:
+    return describe_teacher(open_onnx(path, num_threads), ONNX, ONNX, input_shape)
+
+
+def open_onnx(path: Path, num_threads: int = 0) -> OnnxTeacher:
+    """An onnxruntime session of a file ``check_onnx_file`` passed; ModelFileError when onnxruntime refuses it."""
     try:
-        model = OnnxTeacher(path, num_threads)
+        return OnnxTeacher(path, num_threads)
     except ModelFileError:
         raise
     except Exception as e:  # onnxruntime refuses malformed graphs with many error types
-        raise ModelFileError(f"onnxruntime cannot load the ONNX teacher: {e}") from e
-    return describe_teacher(model, ONNX, ONNX, input_shape)
+        if out_of_memory(e):
+            raise
+        raise ModelFileError(f"onnxruntime cannot load the ONNX model: {' '.join(str(e).split())[:500]}") from e
 
 
 def parameter_count(model: OnnxTeacher) -> int:

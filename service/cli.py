@@ -51,6 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         job_time_limit_s=args.job_time_limit,
         drain_timeout_s=args.drain_timeout,
+        job_memory_limit_bytes=args.job_memory_limit,
+        inspect_timeout_s=args.inspect_timeout,
         auth_token_file=args.auth_token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -268,6 +270,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-bytes", type=int, default=8 << 20, help="largest gRPC message; files stream in 1 MiB chunks")
     s.add_argument("--job-time-limit", type=float, default=24 * 3600, help="seconds a job may run; 0: no limit")
     s.add_argument("--drain-timeout", type=float, default=20.0, help="on SIGTERM, seconds running jobs get to checkpoint")
+    s.add_argument("--job-memory-limit", type=int, default=0,
+                   help="bytes a job may allocate beyond its runtime (~0.8 GB); 0: 3/4 of the machine's memory / concurrent jobs")
+    s.add_argument("--inspect-timeout", type=float, default=300.0, help="seconds an upload's safety checks and trial load may take")
     s.add_argument("--api-nice", type=int, default=10, help="the API threads' nice value above the workers' (0-19)")
     s.add_argument("--auth-token-file", type=Path, help="require this bearer token on every RPC but health")
     s.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate (with --tls-key)")

@@ -27,6 +27,10 @@ class ServerConfig:
     job_time_limit_s: float = 24 * 3600
     # On SIGTERM, running jobs get this long to checkpoint before they are killed.
     drain_timeout_s: float = 20.0
+    # Memory a job's worker may allocate beyond the runtime it starts with; 0: see job_memory_bytes().
+    job_memory_limit_bytes: int = 0
+    # An upload's inspection (checks and a trial load, in a child process) may take this long.
+    inspect_timeout_s: float = 300.0
     # Security: a bearer token every RPC but health must carry; TLS with this certificate and key.
     auth_token_file: Path | None = None
     tls_cert: Path | None = None
@@ -44,7 +48,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
-        if self.job_time_limit_s < 0 or self.drain_timeout_s < 0:
+        if self.job_memory_limit_bytes < 0:
+            raise ValueError("job_memory_limit_bytes must not be negative")
+        if self.job_time_limit_s < 0 or self.drain_timeout_s < 0 or self.inspect_timeout_s <= 0:
             raise ValueError("time limits must not be negative")
         if not 0 <= self.api_nice <= 19:
             raise ValueError("api_nice must be in [0, 19]")
@@ -81,6 +87,17 @@ class ServerConfig:
             return self.worker_threads
         cores = os.cpu_count() or 1
         return max(1, (cores - 1) // self.max_concurrent_jobs)
+
+    def job_memory_bytes(self) -> int:
+        """Explicit, or three quarters of the machine's memory shared among running jobs.
+
+        The quarter left over keeps the server, its upload inspections and the
+        page cache alive when a job asks for more than the machine has.
+        """
+        if self.job_memory_limit_bytes > 0:
+            return self.job_memory_limit_bytes
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return physical * 3 // 4 // self.max_concurrent_jobs
 
     def make_dirs(self) -> None:
         for d in (self.data_dir, self.blobs_dir, self.checkpoints_dir, self.logs_dir, self.tmp_dir, *self.data_roots):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from distill.loading import ModelFileError
+from distill.model_checks import ModelFileError
 from distill.models import UnknownArchitectureError
 from distill.trainer import TrainingDivergedError
 from exporters.onnx_export import ExportError, ParityError
+from service.inspection import InspectionLimitError
 
 
 class ServiceError(Exception):
@@ -44,6 +45,7 @@ class Unavailable(ServiceError):
 # Order matters: the first matching type wins (subclasses before ValueError).
 _CODE_BY_TYPE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InspectionLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnknownArchitectureError, grpc.StatusCode.INVALID_ARGUMENT),
     (FileNotFoundError, grpc.StatusCode.INVALID_ARGUMENT),
     (TrainingDivergedError, grpc.StatusCode.ABORTED),

@@ -1,7 +1,10 @@
-"""The teacher formats the API accepts: detection at upload, loading in the worker.
+"""The model formats the API accepts: checked at upload, checked again and loaded in the worker.
 
-One table maps the proto's ModelFormat to the engine's format names; PyTorch
-files are judged by ``distill.loading``, ONNX files by ``exporters``.
+One table maps the proto's ModelFormat to the engine's format names; torch
+archives are judged by ``distill.model_checks``, ONNX files by
+``exporters.onnx_teacher``. ``inspect`` is what upload runs, in a child
+process (``service.inspection``); ``load_teacher`` is what a job runs. Both
+check the file first, so a blob stored before a check existed is judged too.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from distill import loading
+from distill import loading, model_checks
+from distill.model_checks import ArchiveLimits, ModelFileError
 from exporters import onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
 
@@ -22,14 +26,40 @@ FORMAT_BY_NAME = {
 NAME_BY_FORMAT = {v: k for k, v in FORMAT_BY_NAME.items()}
 
 
-def detect(path: Path) -> int:
-    """The ModelFormat of a file; raises loading.ModelFileError for anything unsafe or unknown."""
-    if not zipfile.is_zipfile(path) and onnx_teacher.is_onnx_model(path):
+def archive_limits(max_upload_bytes: int) -> ArchiveLimits:
+    """An archive may unpack to no more than the server accepts as a file."""
+    return ArchiveLimits(max_inflated_bytes=max_upload_bytes)
+
+
+def detect(path: Path, limits: ArchiveLimits) -> int:
+    """The ModelFormat of a file known safe to load; ModelFileError, naming the part, for anything else."""
+    if zipfile.is_zipfile(path):
+        return FORMAT_BY_NAME[model_checks.check_torch_archive(str(path), limits)]
+    if onnx_teacher.is_onnx_model(path):
+        onnx_teacher.check_onnx_file(path)
         return pb.MODEL_FORMAT_ONNX
-    return FORMAT_BY_NAME[loading.detect_format(path)]
+    raise ModelFileError(
+        "neither a zip archive nor an ONNX model: raw pickles and legacy torch.save files are not accepted "
+        f"because loading them can run arbitrary code; {model_checks.WHAT_TO_SEND}"
+    )
 
 
-def load_teacher(model: pb.Model, path: Path, input_shape: tuple[int, int, int], num_threads: int) -> loading.Teacher:
+def inspect(path: Path, limits: ArchiveLimits) -> int:
+    """Check a file and load it as a job will (no forward pass): its ModelFormat, or ModelFileError."""
+    fmt = detect(path, limits)
+    if fmt == pb.MODEL_FORMAT_ONNX:
+        onnx_teacher.open_onnx(path, num_threads=1)
+    else:
+        loading.load_module(path, NAME_BY_FORMAT[fmt])
+    return fmt
+
+
+def load_teacher(
+    model: pb.Model, path: Path, input_shape: tuple[int, int, int], num_threads: int, limits: ArchiveLimits
+) -> loading.Teacher:
+    detected = detect(path, limits)
+    if detected != model.format:
+        raise ModelFileError(f"the stored file is {pb.ModelFormat.Name(detected)}, not {pb.ModelFormat.Name(model.format)}")
     if model.format == pb.MODEL_FORMAT_ONNX:
         return onnx_teacher.load_onnx_teacher(path, input_shape, num_threads)
     return loading.load_teacher(path, NAME_BY_FORMAT[model.format], model.architecture, input_shape)

@@ -60,7 +60,8 @@ async def serve(config: ServerConfig) -> None:
             ("grpc.max_send_message_length", message_limit),
         ],
     )
-    pb_grpc.add_DistillationServiceServicer_to_server(DistillationServicer(config, store, supervisor), server)
+    servicer = DistillationServicer(config, store, supervisor)
+    pb_grpc.add_DistillationServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -76,6 +77,7 @@ async def serve(config: ServerConfig) -> None:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     supervisor_task = asyncio.create_task(supervisor.run())
+    warming = asyncio.create_task(asyncio.to_thread(servicer.inspector.warm))  # imports torch once, off the loop
     print(f"{READY_PREFIX}{port}", flush=True)
     log.info(
         "serving on %s:%d (%s, %s), data in %s",
@@ -97,6 +99,7 @@ async def serve(config: ServerConfig) -> None:
     await health_servicer.enter_graceful_shutdown()
     await supervisor.shutdown()
     await supervisor_task
+    await warming
     await server.stop(grace=5)
     store.close()
 

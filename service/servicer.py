@@ -18,12 +18,14 @@ import grpc
 import torch
 from google.protobuf import json_format
 
-from distill import loading, losses, models
+from distill import losses, models
+from distill.model_checks import ModelFileError
 from protos.distillery.v1 import distillery_pb2 as pb
 from protos.distillery.v1 import distillery_pb2_grpc as pb_grpc
 from service import model_formats, specs
 from service.artifacts import BlobStore
 from service.config import ServerConfig
+from service.inspection import InspectionLimitError, Inspector
 from service.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -79,6 +81,7 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
         self.store = store
         self.supervisor = supervisor
         self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
+        self.inspector = Inspector(model_formats.archive_limits(config.max_upload_bytes), config.inspect_timeout_s)
         self.cuda_devices = torch.cuda.device_count()
 
     # ------------------------------------------------------------- models
@@ -109,10 +112,12 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
                 raise InvalidArgument(
                     f"sha256 mismatch: the bytes hash to {writer.hash.hexdigest()}, the header says {header.sha256}"
                 )
-            try:
-                detected = model_formats.detect(writer.staged_path())
-            except loading.ModelFileError as e:
+            try:  # in a bounded child process: the event loop keeps serving meanwhile
+                detected = await self.inspector.run(writer.staged_path())
+            except ModelFileError as e:
                 raise InvalidArgument(str(e)) from e
+            except InspectionLimitError as e:
+                raise ResourceExhausted(str(e)) from e
             if header.format and header.format != detected:
                 raise InvalidArgument(
                     f"the header says {pb.ModelFormat.Name(header.format)}, the file is {pb.ModelFormat.Name(detected)}"

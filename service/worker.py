@@ -33,7 +33,7 @@ from torchvision.utils import save_image
 
 from distill import distributed, models
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
-from distill.allocator import keep_freed_memory
+from distill.allocator import keep_freed_memory, limit_memory, out_of_memory
 from distill.data import ImageData, Normalization, Splits, resize
 from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_generator, distil_data_free, resolve_method
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
@@ -89,6 +89,8 @@ def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
     log.info("job %s in worker pid %d", job_id, os.getpid())
     torch.set_num_threads(config.threads_per_worker())
     keep_freed_memory()  # the same large activations every step: reuse their pages (see distill/allocator.py)
+    # A teacher that asks for more fails this job with RESOURCE_EXHAUSTED; training processes inherit the limit.
+    limit_memory(config.job_memory_bytes())
     store = Store(config.db_path)
     try:
         Job(config, store, job_id, stop).run()
@@ -100,6 +102,11 @@ def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
         os._exit(EXIT_INTERRUPTED)  # skip interpreter teardown: the drain has a deadline
     except Exception as e:  # every failure ends the job with a readable message
         log.exception("job %s failed", job_id)
+        if out_of_memory(e):
+            e = MemoryError(
+                f"the job needed more memory than its limit of {config.job_memory_bytes() / 2**30:.1f} GiB "
+                f"(--job-memory-limit): {out_of_memory(e)[:500]}"
+            )
         store.transition(job_id, pb.JOB_STATE_FAILED, describe(e), status_code(e).value[0])
     finally:
         store.close()
@@ -268,6 +275,7 @@ class Job:
         self.workdir = config.tmp_dir / job_id
         self.checkpoint_path = config.checkpoints_dir / f"{job_id}.pt"
         self.threads = config.threads_per_worker()
+        self.archive_limits = model_formats.archive_limits(config.max_upload_bytes)
         self.files: dict[str, Path] = {}  # artifact name -> file in the workdir
         self.notes: list[str] = []  # for the report: what was skipped and why
 
@@ -319,7 +327,9 @@ class Job:
         teacher_row = self.model_row(plan.teacher_model_id, "teacher")
         splits = plan.dataset.load() if plan.dataset else None
         input_shape = _input_shape(plan, splits)
-        teacher = model_formats.load_teacher(teacher_row, self.blobs.path(teacher_row.sha256), input_shape, self.threads)
+        teacher = model_formats.load_teacher(
+            teacher_row, self.blobs.path(teacher_row.sha256), input_shape, self.threads, self.archive_limits
+        )
         if splits and teacher.num_classes != len(splits.train.classes):
             raise ValueError(
                 f"the teacher has {teacher.num_classes} outputs but the dataset has {len(splits.train.classes)} classes"
@@ -523,7 +533,7 @@ class Job:
         row = self.model_row(model_id, "student")
         path = self.blobs.path(row.sha256)
         try:
-            loaded = model_formats.load_teacher(row, path, input_shape, self.threads)
+            loaded = model_formats.load_teacher(row, path, input_shape, self.threads, self.archive_limits)
         except ModelFileError as e:  # the loader speaks of teachers; here the file is the student
             raise ModelFileError(f"the student model {model_id}: {e}") from e
         if loaded.num_classes != num_classes:

@@ -1,9 +1,11 @@
-"""Property-based fuzzing of CreateJob against the real server.
+"""Property-based fuzzing of CreateJob and UploadModel against the real server.
 
 Whatever the spec, the answer is a job or a status code a client can act on
 (never INTERNAL, UNKNOWN or a hang), and the server stays healthy afterwards.
 Specs are built field by field from the JobSpec descriptor, so fields added to
-the proto later are fuzzed too.
+the proto later are fuzzed too. Uploads are real model files in every format
+(zips and an ONNX protobuf), mutated where their structure lives: a model, or
+INVALID_ARGUMENT / RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
+import pytest
+import torch
 from google.protobuf import message_factory, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -25,6 +29,7 @@ from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from service.server import SERVICE_NAME
 from service.store import TERMINAL_STATES
+from exporters import onnx_export
 from tests.conftest import TINY_DATA, tiny_spec
 
 # A hang shows up as DEADLINE_EXCEEDED instead of stalling the suite.
@@ -329,3 +334,78 @@ def test_create_job_answers_every_spec_with_a_job_or_a_client_error(
     for job_id in accepted_ids:
         assert listed[job_id].state in TERMINAL_STATES, f"job {job_id} still reads {pb.JobState.Name(listed[job_id].state)}"
     assert client.get_job(accepted_ids[-1]).id == accepted_ids[-1]
+
+
+# ---------------------------------------------------------------- uploads
+
+# Where a file's structure lives: zip local headers and pickles at the front, the central directory at the end.
+_EDGE_BYTES = 1024
+
+
+def _mutations(size: int) -> st.SearchStrategy[list[tuple[str, int, int, bytes]]]:
+    position = st.one_of(st.integers(0, _EDGE_BYTES), st.integers(max(0, size - _EDGE_BYTES), size - 1), st.integers(0, size - 1))
+    mutation = st.tuples(
+        st.sampled_from(("flip", "truncate", "insert", "delete", "copy")), position, position, st.binary(min_size=1, max_size=16)
+    )
+    return st.lists(mutation, min_size=1, max_size=MAX_MUTATIONS)
+
+
+def mutate(data: bytes, mutations: list[tuple[str, int, int, bytes]]) -> bytes:
+    for kind, at, other, chunk in mutations:
+        if not data:
+            break
+        at, other = at % max(len(data), 1), other % max(len(data), 1)
+        if kind == "flip":
+            data = data[:at] + bytes([data[at] ^ chunk[0] or 1]) + data[at + 1 :]
+        elif kind == "truncate":
+            data = data[:at]
+        elif kind == "insert":
+            data = data[:at] + chunk + data[at:]
+        elif kind == "delete":
+            data = data[:at] + data[at + len(chunk) :]
+        else:  # a copy of another region over this one: duplicated headers, names and lengths
+            data = data[:at] + data[other : other + 4 * len(chunk)] + data[at + 4 * len(chunk) :]
+    return data
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: torch.nn.Module) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("fuzz-models")
+    example = torch.randn(2, TINY_DATA["channels"], TINY_DATA["image_size"], TINY_DATA["image_size"])
+    torch.save(tiny_teacher.state_dict(), folder / "sd.pt")
+    torch.jit.save(torch.jit.script(tiny_teacher), folder / "ts.pt")
+    torch.export.save(torch.export.export(tiny_teacher, (example,)), folder / "ep.pt2")
+    onnx_export.export_onnx(tiny_teacher, example, folder / "m.onnx")
+    return {name: (folder / name).read_bytes() for name in ("sd.pt", "ts.pt", "ep.pt2", "m.onnx")}
+
+
+def test_upload_answers_every_mutated_file_with_a_model_or_a_client_error(
+    client: Client, model_files: dict[str, bytes], tmp_path: Path
+) -> None:
+    outcomes: Counter[str] = Counter()
+
+    @settings(max_examples=120, derandomize=True, database=None, deadline=None)
+    @given(data=st.data())
+    def upload_once(data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(model_files)))
+        mutations = data.draw(_mutations(len(model_files[name])))
+        path = tmp_path / name
+        path.write_bytes(mutate(model_files[name], mutations) or b"\0")
+        try:
+            client.upload(path, architecture="lenet5")
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details() or ""
+            assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), (
+                f"UploadModel answered {code.name}: {details}\nfor {name} mutated by {mutations}"
+            )
+            assert details.strip() and "\n" not in details and "Traceback" not in details, details
+            outcomes[code.name] += 1
+            return
+        outcomes["accepted"] += 1
+
+    started = time.monotonic()
+    upload_once()
+    print(f"\nUploadModel fuzzing: {dict(outcomes)} in {time.monotonic() - started:.1f} s")
+    assert outcomes["accepted"] and outcomes["INVALID_ARGUMENT"], f"the fuzzing must reach both outcomes, got {dict(outcomes)}"
+    for service in ("", SERVICE_NAME):
+        assert health_status(client, service) == health_pb2.HealthCheckResponse.SERVING

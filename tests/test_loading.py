@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import loading, models
+from distill import loading, model_checks, models
+from tests.hostile_files import memo_trick_pickle
+
+LIMITS = model_checks.ArchiveLimits(max_inflated_bytes=1 << 30)
+
+
+def detect(path: Path) -> str:
+    return model_checks.check_torch_archive(str(path), LIMITS)
 
 
 def _model() -> torch.nn.Module:
@@ -20,7 +27,7 @@ def _model() -> torch.nn.Module:
 def test_state_dict_loads_into_the_named_architecture(tmp_path: Path) -> None:
     model = _model()
     torch.save(model.state_dict(), tmp_path / "sd.pt")
-    assert loading.detect_format(tmp_path / "sd.pt") == loading.STATE_DICT
+    assert detect(tmp_path / "sd.pt") == loading.STATE_DICT
     teacher = loading.load_teacher(tmp_path / "sd.pt", loading.STATE_DICT, "lenet5", (1, 28, 28))
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(teacher.model(x), model(x))
@@ -36,7 +43,7 @@ def test_torchscript_and_exported_program_load(tmp_path: Path) -> None:
     # Exported with a static batch of 2: the loader must still take any batch size.
     torch.export.save(torch.export.export(model, (torch.randn(2, 1, 28, 28),)), tmp_path / "m.pt2")
     for name, fmt in (("ts.pt", loading.TORCHSCRIPT), ("m.pt2", loading.EXPORTED_PROGRAM)):
-        assert loading.detect_format(tmp_path / name) == fmt
+        assert detect(tmp_path / name) == fmt
         teacher = loading.load_teacher(tmp_path / name, fmt, "", (1, 28, 28))
         assert torch.allclose(teacher.model(x), model(x), atol=1e-5), name
 
@@ -44,7 +51,7 @@ def test_torchscript_and_exported_program_load(tmp_path: Path) -> None:
 def test_pickled_module_is_refused_with_advice(tmp_path: Path) -> None:
     torch.save(_model(), tmp_path / "full.pt")
     with pytest.raises(loading.ModelFileError, match="arbitrary code") as info:
-        loading.detect_format(tmp_path / "full.pt")
+        detect(tmp_path / "full.pt")
     assert "state_dict" in str(info.value)
 
 
@@ -58,18 +65,24 @@ class _WritesAFile:
 
 def test_malicious_pickle_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    # Inside a torch-style zip (what torch.save writes), and as a raw pickle.
-    with zipfile.ZipFile(tmp_path / "evil.pt", "w") as z:
-        z.writestr("evil/data.pkl", pickle.dumps({"weight": _WritesAFile(marker)}, protocol=2))
+    # In what torch.save writes, and as a raw pickle.
+    torch.save({"weight": _WritesAFile(marker)}, tmp_path / "evil.pt")
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(_WritesAFile(marker), protocol=4))
-    for name in ("evil.pt", "evil.pkl"):
-        with pytest.raises(loading.ModelFileError):
-            loading.detect_format(tmp_path / name)
+    with pytest.raises(loading.ModelFileError, match="data.pkl needs unrestricted unpickling"):
+        detect(tmp_path / "evil.pt")
+    with pytest.raises(loading.ModelFileError, match="not a zip file"):
+        detect(tmp_path / "evil.pkl")
     with pytest.raises(loading.ModelFileError):
         loading.load_teacher(tmp_path / "evil.pt", loading.STATE_DICT, "lenet5", (1, 28, 28))
     assert not marker.exists()
 
 
-def test_pickle_globals_reads_stack_global_too() -> None:
-    names = loading.pickle_globals(pickle.dumps(_WritesAFile(Path("/x")), protocol=4))
-    assert "posix.system" in names or "os.system" in names
+def test_a_global_fetched_from_the_pickle_memo_is_refused_too(tmp_path: Path) -> None:
+    """Protocol 4 can name its global with strings fetched from the memo; the scanner must not guess."""
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(tmp_path / "memo.pt", "w") as z:
+        z.writestr("memo/data.pkl", memo_trick_pickle(marker))
+        z.writestr("memo/version", "3\n")
+    with pytest.raises(loading.ModelFileError, match="data.pkl"):
+        detect(tmp_path / "memo.pt")
+    assert not marker.exists()

@@ -216,6 +216,7 @@ def test_bad_uploads_are_refused(client: Client, tmp_path: Path, server: tuple[s
     # A torch.save-style zip whose pickle would write the marker when loaded, uploaded as a state_dict.
     with zipfile.ZipFile(tmp_path / "evil.pt", "w") as z:
         z.writestr("evil/data.pkl", pickle.dumps({"weight": _WritesAFile(marker)}, protocol=2))
+        z.writestr("evil/version", "3\n")
     err = rpc_error(client.upload, tmp_path / "evil.pt", "evil", "lenet5")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "posix.system" in err.details()
 
