@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import torch
 import torch._weights_only_unpickler as weights_only_unpickler
+import torch.utils._sympy.functions
 import torchvision  # noqa: F401  registers torchvision's operators, file readers and writers among them, which a file could call
 
 TORCHSCRIPT = "torchscript"
@@ -175,8 +176,8 @@ def check_torch_save(payload: str | IO[bytes], member: str) -> None:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(payload)
     except (pickle.UnpicklingError, EOFError) as e:
         raise ModelFileError(
-            f"{member} uses pickle opcodes torch's safe scanner does not read ({e}); "
-            "save it with torch.save's default pickle protocol"
+            f"{member} is not a pickle torch's safe scanner can read ({e}): the file is corrupt, "
+            "or was saved with a pickle protocol above torch.save's default"
         ) from e
     except (RuntimeError, ValueError) as e:  # torch's reader refuses a malformed or non-torch.save archive
         raise ModelFileError(f"{member} is not a readable torch.save payload: {torch_message(e)}") from e
@@ -303,16 +304,14 @@ def _check_program_json(program: Any, member: str) -> None:
             _check_treespec(value, member)
 
 
-# The callables symbolic shapes are written with (sympy's srepr of torch's shape expressions).
+# The callables symbolic shapes are written with: sympy's srepr of its core types, and torch's own shape functions.
 _SYMPY_CALLABLES = frozenset(
     "Symbol Integer Rational Float Add Mul Pow Mod Max Min Abs Eq Ne Lt Le Gt Ge StrictLessThan LessThan "
-    "StrictGreaterThan GreaterThan Equality Unequality And Or Not Piecewise ExprCondPair floor ceiling "
-    "FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift IsNonOverlappingAndDenseIndicator "
-    "TruncToFloat TruncToInt RoundToInt RoundDecimal ToFloat FloatPow PowByNatural IntTrueDiv FloatTrueDiv "
-    "Identity BitwiseFn_bitwise_and BitwiseFn_bitwise_or".split()
-)
+    "StrictGreaterThan GreaterThan Equality Unequality And Or Not Piecewise ExprCondPair floor ceiling".split()
+) | frozenset(torch.utils._sympy.functions.__all__)
 _SYMPY_NAMES = frozenset("oo zoo nan true false True False None pi E".split())
 _SYMBOL = re.compile(r"[a-z]+[0-9]+")
+_NUMBER = re.compile(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?")  # Float('1.5', precision=53)
 
 
 def check_sympy_expression(text: str, member: str) -> None:
@@ -333,7 +332,7 @@ def check_sympy_expression(text: str, member: str) -> None:
             plain = node.id in _SYMPY_CALLABLES or node.id in _SYMPY_NAMES or bool(_SYMBOL.fullmatch(node.id))
         elif isinstance(node, ast.Constant):
             plain = isinstance(node.value, (int, float, bool, type(None))) or (
-                isinstance(node.value, str) and bool(_SYMBOL.fullmatch(node.value))
+                isinstance(node.value, str) and bool(_SYMBOL.fullmatch(node.value) or _NUMBER.fullmatch(node.value))
             )
         if not plain:
             raise ModelFileError(f"{member}: the shape expression {text[:80]!r} is not a plain sympy expression")

@@ -22,12 +22,8 @@ from exporters.onnx_export import predict, session
 ONNX = "onnx"
 
 
-def is_onnx_model(path: Path) -> bool:
-    """True when the file parses as an ONNX model with a graph (protobuf parsing runs no code)."""
-    return _parse(path) is not None
-
-
 def _parse(path: Path) -> onnx.ModelProto | None:
+    """The file as an ONNX model with a graph, or None (protobuf parsing runs no code)."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not protobuf, or not this message
@@ -35,8 +31,8 @@ def _parse(path: Path) -> onnx.ModelProto | None:
     return model if model.ir_version > 0 and len(model.graph.node) > 0 and len(model.graph.input) > 0 else None
 
 
-def check_onnx_file(path: Path) -> None:
-    """Refuse an ONNX file that would make onnxruntime read other files or allocate sizes it cannot hold.
+def check_onnx_file(path: Path) -> bool:
+    """False when the file is not ONNX; True when it is and safe to hand onnxruntime; else ModelFileError.
 
     External data would have onnxruntime open any path the file names (the
     server's database, another model); a tensor that declares more bytes than
@@ -44,7 +40,7 @@ def check_onnx_file(path: Path) -> None:
     """
     model = _parse(path)
     if model is None:
-        raise ModelFileError("not an ONNX model (no graph with inputs and nodes)")
+        return False
     file_bytes = path.stat().st_size
     for where, tensor in _tensors(model.graph, "graph"):
         name = f"{where} tensor {tensor.name!r}" if tensor.name else f"{where} tensor"
@@ -55,6 +51,7 @@ def check_onnx_file(path: Path) -> None:
         declared = math.prod(tensor.dims) * _ITEM_BYTES.get(tensor.data_type, 1)
         if declared > 2 * file_bytes:  # x2: sub-byte types are counted as a byte each
             raise ModelFileError(f"{name} declares {declared} bytes of data, the whole file is {file_bytes}")
+    return True
 
 
 def _tensors(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.TensorProto]]:

@@ -35,8 +35,7 @@ def detect(path: Path, limits: ArchiveLimits) -> int:
     """The ModelFormat of a file known safe to load; ModelFileError, naming the part, for anything else."""
     if zipfile.is_zipfile(path):
         return FORMAT_BY_NAME[model_checks.check_torch_archive(str(path), limits)]
-    if onnx_teacher.is_onnx_model(path):
-        onnx_teacher.check_onnx_file(path)
+    if onnx_teacher.check_onnx_file(path):
         return pb.MODEL_FORMAT_ONNX
     raise ModelFileError(
         "neither a zip archive nor an ONNX model: raw pickles and legacy torch.save files are not accepted "

@@ -50,9 +50,9 @@ def test_onnx_teacher_is_detected_and_runs_any_batch(tmp_path: Path) -> None:
     dynamic = onnx_export.export_onnx(model, torch.randn(2, 1, 28, 28), tmp_path / "dynamic.onnx").path
     static = tmp_path / "static.onnx"
     torch.onnx.export(model, (torch.randn(3, 1, 28, 28),), str(static), dynamo=False, input_names=["x"])
-    assert onnx_teacher.is_onnx_model(dynamic) and onnx_teacher.is_onnx_model(static)
+    assert onnx_teacher.check_onnx_file(dynamic) and onnx_teacher.check_onnx_file(static)
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07not a model")
-    assert not onnx_teacher.is_onnx_model(tmp_path / "junk.onnx")
+    assert not onnx_teacher.check_onnx_file(tmp_path / "junk.onnx")
     x = torch.randn(7, 1, 28, 28)
     with torch.inference_mode():
         expected = model(x)
