@@ -149,6 +149,24 @@ def _layout(names: list[str]) -> tuple[str, str]:
     raise ModelFileError(f"the zip archive is not a torch.save, TorchScript or torch.export file; {WHAT_TO_SEND}")
 
 
+def read_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A member's bytes, inflated a MiB at a time up to its declared size (the directory was checked).
+
+    ``read()`` in one call would inflate all the compressed data it reads before
+    cutting it to the declared size: gigabytes, when the directory understates it.
+    """
+    info = archive.getinfo(name)
+    chunks, left = [], info.file_size
+    with archive.open(info) as stream:
+        while left > 0 and (chunk := stream.read(min(left, _CHUNK_BYTES))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    return b"".join(chunks)
+
+
+_CHUNK_BYTES = 1 << 20
+
+
 # ------------------------------------------------------------------ pickles
 
 
@@ -204,8 +222,7 @@ def _check_torchscript(archive: zipfile.ZipFile, root: str, file: str | IO[bytes
             with archive.open(name) as stream:
                 _refuse_unsafe(member, {g for g in _globals_in(stream, member) if not _TORCHSCRIPT_GLOBAL.fullmatch(g)})
         elif member.startswith("code/") and member.endswith(".py"):
-            with archive.open(name) as stream:
-                source = stream.read().decode("utf-8", "replace")
+            source = read_member(archive, name).decode("utf-8", "replace")
             called = {m.group(1) for m in _CALL.finditer(source)} & file_operators()
             if called:
                 raise ModelFileError(f"{member} calls the operator {', '.join(sorted(called))}, which reads or writes the server's files")
@@ -257,8 +274,7 @@ def _check_exported_program(archive: zipfile.ZipFile, root: str, file: str | IO[
     # Legacy single-file weights and constants are torch.save payloads too.
     pickled += [m for m in members if re.fullmatch(r"data/(weights|constants)/[^/]+\.pt", m)]
     for member in pickled:
-        with archive.open(members[member]) as stream:
-            check_torch_save(io.BytesIO(stream.read()), member)  # bounded: the directory was checked
+        check_torch_save(io.BytesIO(read_member(archive, members[member])), member)
     for member in (m for m in members if m.startswith("models/")):
         _check_program_json(_read_json(archive, members[member], member), member)
 
@@ -270,11 +286,10 @@ _PT2_MEMBER = re.compile(
 
 
 def _read_json(archive: zipfile.ZipFile, name: str, member: str) -> Any:
-    with archive.open(name) as stream:
-        try:
-            return json.load(stream)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ModelFileError(f"{member} is not valid JSON: {e}") from e
+    try:
+        return json.loads(read_member(archive, name))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{member} is not valid JSON: {e}") from e
 
 
 def _walk(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
