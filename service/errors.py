@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from distill.input_convention import TeacherNearChanceError
 from distill.model_checks import ModelFileError
 from distill.models import UnknownArchitectureError
 from distill.trainer import TrainingDivergedError
@@ -46,6 +47,7 @@ class Unavailable(ServiceError):
 _CODE_BY_TYPE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
     (InspectionLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TeacherNearChanceError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnknownArchitectureError, grpc.StatusCode.INVALID_ARGUMENT),
     (FileNotFoundError, grpc.StatusCode.INVALID_ARGUMENT),
     (TrainingDivergedError, grpc.StatusCode.ABORTED),

@@ -218,6 +218,9 @@ def how_it_was_made(report: pb.Report) -> list[str]:
             f"final-epoch loss {t.final_loss:.4f}; {t.train_samples} training and {t.val_samples} validation samples.",
             "Accuracy is the final model's on the validation split (no checkpoint was picked by it).",
         ]
+    if report.HasField("input_convention"):
+        c = report.input_convention
+        lines.append(f"Input convention: {c.chosen} (mean {_floats(c.mean)}, std {_floats(c.std)}): {c.reason}.")
     if report.HasField("export"):
         lines.append(
             f"ONNX: opset {e.opset}, exported with {e.exporter}; onnxruntime matches PyTorch within "
@@ -234,6 +237,10 @@ def how_it_was_made(report: pb.Report) -> list[str]:
         f"onnx {env.onnx_version}."
     )
     return lines + list(report.notes)
+
+
+def _floats(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 def _table(rows: list[list[str]]) -> list[str]:

@@ -37,6 +37,7 @@ from distill.allocator import keep_freed_memory, limit_memory, out_of_memory
 from distill.data import ImageData, Normalization, Splits, resize
 from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_generator, distil_data_free, resolve_method
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
+from distill.input_convention import InputConvention, find_input_convention
 from distill.loading import STATE_DICT, ModelFileError, Teacher
 from distill.losses import build_loss
 from distill.trainer import Interrupted, Progress, distil, predict
@@ -278,6 +279,7 @@ class Job:
         self.archive_limits = model_formats.archive_limits(config.max_upload_bytes)
         self.files: dict[str, Path] = {}  # artifact name -> file in the workdir
         self.notes: list[str] = []  # for the report: what was skipped and why
+        self.input_convention: InputConvention | None = None  # how labelled images are normalised for the teacher
 
     # ------------------------------------------------------------ events
 
@@ -335,6 +337,13 @@ class Job:
                 f"the teacher has {teacher.num_classes} outputs but the dataset has {len(splits.train.classes)} classes"
             )
         teacher.model.to(plan.training.device)
+        if splits:  # every use of the data (training, evaluation, the bundle) takes the convention found here
+            requested = plan.dataset.normalization if plan.dataset else None
+            self.input_convention = find_input_convention(
+                teacher.model, splits.train, teacher.num_classes, requested, plan.training.device
+            )
+            splits.normalization = self.input_convention.chosen.normalization
+            log.info("input convention: %s: %s", self.input_convention.chosen.name, self.input_convention.reason)
         return teacher_row, splits, input_shape, teacher
 
     def run(self) -> None:
@@ -788,6 +797,8 @@ class Job:
             environment=_environment(torch.get_num_threads()),
             notes=self.notes,
         )
+        if self.input_convention is not None:
+            report.input_convention.CopyFrom(_input_convention(self.input_convention))
         report.create_time.GetCurrentTime()
         for v in variants:
             row = report.variants.add(
@@ -854,6 +865,17 @@ def _input_shape(plan: specs.JobPlan, splits: Splits | None) -> tuple[int, int, 
         field_name = "data_free" if plan.data_free else "benchmark_only"
         raise ValueError(f"{field_name}.input_shape {given} differs from the dataset's images {splits.train.input_shape}")
     return splits.train.input_shape
+
+
+def _input_convention(found: InputConvention) -> pb.InputConvention:
+    chosen = found.chosen.normalization
+    return pb.InputConvention(
+        chosen=found.chosen.name, mean=chosen.mean, std=chosen.std, reason=found.reason, samples=found.samples,
+        candidates=[
+            pb.InputConventionCandidate(name=c.name, mean=c.normalization.mean, std=c.normalization.std, teacher_top1=c.teacher_top1)
+            for c in found.candidates
+        ],
+    )
 
 
 def _model_card(architecture: str, variant: Variant, num_classes: int, shape: tuple[int, int, int]) -> pb.ModelCard:

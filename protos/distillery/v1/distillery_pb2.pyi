@@ -587,7 +587,7 @@ class WatchJobResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free", "per_class", "student_lowest_latency", "student_highest_throughput", "notes", "kind")
+    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free", "per_class", "student_lowest_latency", "student_highest_throughput", "notes", "kind", "input_convention")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -603,6 +603,7 @@ class Report(_message.Message):
     STUDENT_HIGHEST_THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CONVENTION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     create_time: _timestamp_pb2.Timestamp
     summary: str
@@ -618,7 +619,36 @@ class Report(_message.Message):
     student_highest_throughput: LatencyPick
     notes: _containers.RepeatedScalarFieldContainer[str]
     kind: JobKind
-    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ...) -> None: ...
+    input_convention: InputConvention
+    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., input_convention: _Optional[_Union[InputConvention, _Mapping]] = ...) -> None: ...
+
+class InputConvention(_message.Message):
+    __slots__ = ("chosen", "mean", "std", "reason", "samples", "candidates")
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    chosen: str
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    reason: str
+    samples: int
+    candidates: _containers.RepeatedCompositeFieldContainer[InputConventionCandidate]
+    def __init__(self, chosen: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., reason: _Optional[str] = ..., samples: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[InputConventionCandidate, _Mapping]]] = ...) -> None: ...
+
+class InputConventionCandidate(_message.Message):
+    __slots__ = ("name", "mean", "std", "teacher_top1")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_TOP1_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    teacher_top1: float
+    def __init__(self, name: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., teacher_top1: _Optional[float] = ...) -> None: ...
 
 class ClassAccuracy(_message.Message):
     __slots__ = ("name", "samples", "teacher_top1", "student_top1")
