@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill import distributed
+from distill.evaluate import near_chance
 from distill.trainer import (
     CheckpointFn,
     Progress,
@@ -498,6 +499,34 @@ class GeneratorCheck:
     class_histogram: list[int]  # the teacher's top-1 over the samples; a collapsed generator shows here
     agreement: float  # percent of samples where the student's top-1 equals the teacher's
     grid: torch.Tensor  # 3 x H x W in [0, 1]: one row per class, the teacher's most confident samples first
+
+
+class DataFreeFailedError(RuntimeError):
+    """A data-free student that cannot be trusted: it matches the teacher no better than chance,
+    or the generator covers too few classes for it to have learnt the rest (FAILED_PRECONDITION)."""
+
+
+def judge_data_free(class_histogram: list[int], agreement: float) -> str:
+    """Why a data-free result must not ship, judged on fresh generated images; "" when it may.
+
+    Without labels these two are all there is: the student's agreement with the
+    teacher, and how many classes the teacher sees in the generator's images (a
+    class seen in under a quarter of its fair share counts as missing).
+    """
+    num_classes, samples = len(class_histogram), sum(class_histogram)
+    fair = samples / num_classes
+    covered = sum(1 for n in class_histogram if n >= fair / 4)
+    if near_chance(agreement, num_classes):
+        return (
+            f"the student agrees with the teacher on {agreement:.1f}% of {samples} fresh generated images, "
+            f"near chance ({100 / num_classes:.0f}%): it did not learn the teacher"
+        )
+    if covered < num_classes / 2:
+        return (
+            f"the generator covers {covered} of {num_classes} classes (the teacher puts at least a quarter of a fair "
+            "share of fresh generated images in them): the student cannot have learnt the rest"
+        )
+    return ""
 
 
 def check_generator(

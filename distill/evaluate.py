@@ -36,3 +36,12 @@ def per_class_top1(logits: torch.Tensor, labels: torch.Tensor, num_classes: int)
     samples = labels.bincount(minlength=num_classes)
     hits = labels[correct].bincount(minlength=num_classes)
     return [(int(n), 100.0 * int(h) / int(n) if n else 0.0) for n, h in zip(samples.tolist(), hits.tolist())]
+
+
+def near_chance(top1: float, num_classes: int) -> bool:
+    """Within 5 points, or a tenth of the way to 100%, of guessing (19% for 10 classes, 55% for 2).
+
+    For top-1 against labels, or agreement with a teacher: either way, no better than a guess.
+    """
+    chance = 100.0 / num_classes
+    return top1 <= chance + max(5.0, 0.1 * (100.0 - chance))

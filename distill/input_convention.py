@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from distill.data import ImageData, Normalization
-from distill.evaluate import accuracy
+from distill.evaluate import accuracy, near_chance
 from distill.trainer import predict_logits
 
 SAMPLES = 512  # top-1 is then known to about +-2 points: enough to tell a convention that works from one that does not
@@ -48,12 +48,6 @@ class InputConvention:
     reason: str
 
 
-def near_chance(top1: float, num_classes: int) -> bool:
-    """Within 5 points, or a tenth of the way to 100%, of guessing (19% for 10 classes, 55% for 2)."""
-    chance = 100.0 / num_classes
-    return top1 <= chance + max(5.0, 0.1 * (100.0 - chance))
-
-
 def candidates(train: ImageData, requested: Normalization | None) -> list[tuple[str, Normalization]]:
     """What teachers are commonly trained with, the spec's values first; ties go to the earlier."""
     channels = train.input_shape[0]
@@ -82,10 +76,15 @@ def find_input_convention(
     Raises TeacherNearChanceError when the teacher is near chance under every one.
     """
     sample = train.subset(SAMPLES, SEED)
-    scored = [
-        Candidate(name, norm, accuracy(predict_logits(teacher, sample, norm, device), sample.labels).top1)
-        for name, norm in candidates(train, requested)
-    ]
+    scored = []
+    for name, norm in candidates(train, requested):
+        logits = predict_logits(teacher, sample, norm, device)
+        if not logits.isfinite().all():  # NaN or infinity at any input: the weights, not the convention, are broken
+            raise TeacherNearChanceError(
+                f"the teacher's outputs are not finite (NaN or infinite) on training images normalised with {name}; "
+                "its weights are broken"
+            )
+        scored.append(Candidate(name, norm, accuracy(logits, sample.labels).top1))
     best = max(c.teacher_top1 for c in scored)
     tried = "; ".join(f"{c.name} {c.teacher_top1:.1f}%" for c in scored)
     if near_chance(best, num_classes):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from distill.datafree import DataFreeFailedError
 from distill.input_convention import TeacherNearChanceError
 from distill.model_checks import ModelFileError
 from distill.models import UnknownArchitectureError
@@ -48,6 +49,7 @@ _CODE_BY_TYPE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ModelFileError, grpc.StatusCode.INVALID_ARGUMENT),
     (InspectionLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TeacherNearChanceError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DataFreeFailedError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnknownArchitectureError, grpc.StatusCode.INVALID_ARGUMENT),
     (FileNotFoundError, grpc.StatusCode.INVALID_ARGUMENT),
     (TrainingDivergedError, grpc.StatusCode.ABORTED),

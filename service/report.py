@@ -8,7 +8,12 @@ the summary) once, so Markdown, HTML and pipelines read the same numbers.
 
 from __future__ import annotations
 
+from distill.datafree import judge_data_free
+from distill.evaluate import near_chance
 from protos.distillery.v1 import distillery_pb2 as pb
+
+# A student this far below its teacher is not one to take, however fast.
+FAR_BELOW_TEACHER_POINTS = 10.0
 
 
 def finish(report: pb.Report) -> pb.Report:
@@ -22,6 +27,7 @@ def finish(report: pb.Report) -> pb.Report:
             if base is not None and lat.p50_ms > 0:
                 lat.speedup_vs_teacher = base.p50_ms / lat.p50_ms
     _judge_precisions(report)
+    _judge_students(report)
     # The picks (and the summary) speak only of variants a user may take.
     timed = [(v, lat) for v in report.variants if v.model == "student" and v.recommended for lat in v.latency]
     if timed:
@@ -61,6 +67,27 @@ def _judge_precisions(report: pb.Report) -> None:
             v.note += "; slower than the FP32 file at every batch size measured"
 
 
+def _judge_students(report: pb.Report) -> None:
+    """No student near chance, far below its teacher, or from a collapsed data-free run is recommended."""
+    teacher = teacher_variant(report)
+    classes = report.teacher.num_classes
+    for v in report.variants:
+        if v.model != "student":
+            continue
+        why = ""
+        if v.HasField("accuracy") and classes > 1 and near_chance(v.accuracy.top1, classes):
+            why = f"near chance: {v.accuracy.top1:.2f}% top-1 with {classes} classes"
+        elif v.HasField("accuracy") and teacher is not None and teacher.HasField("accuracy"):
+            gap = teacher.accuracy.top1 - v.accuracy.top1
+            if gap > FAR_BELOW_TEACHER_POINTS:
+                why = f"{gap:.2f} points below the teacher (more than {FAR_BELOW_TEACHER_POINTS:g})"
+        elif not v.HasField("accuracy") and report.HasField("data_free"):
+            why = judge_data_free(list(report.data_free.class_histogram), report.data_free.agreement_on_generated)
+        if why:
+            v.recommended = False
+            v.note = f"{why}; {v.note}" if v.note else why
+
+
 def _pick(v: pb.Variant, lat: pb.Latency) -> pb.LatencyPick:
     return pb.LatencyPick(
         variant=v.name, runtime=v.runtime, batch_size=lat.batch_size, p50_ms=lat.p50_ms, throughput_per_s=lat.throughput_per_s
@@ -76,9 +103,16 @@ def latency_at(variant: pb.Variant, batch_size: int) -> pb.Latency | None:
 
 
 def summary(report: pb.Report) -> str:
-    """"student is 4.1x faster at batch 1 (student / onnxruntime), 0.30 points less accurate (top-1)"."""
+    """"student is 4.1x faster at batch 1 (student / onnxruntime), 0.30 points less accurate (top-1)".
+
+    When no student variant may be taken, the line says why first: its accuracy, not its speed.
+    """
     if not report.HasField("student_lowest_latency"):
-        return ""
+        rejected = [v for v in report.variants if v.model == "student" and not v.recommended and v.note]
+        if not rejected:
+            return ""
+        first = next((v for v in rejected if v.precision == "fp32"), rejected[0])
+        return f"no student variant is recommended ({first.name}: {first.note})"
     pick = report.student_lowest_latency
     fastest = next(v for v in report.variants if v.name == pick.variant)
     speedup = latency_at(fastest, pick.batch_size).speedup_vs_teacher

@@ -35,7 +35,16 @@ from distill import distributed, models
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory, limit_memory, out_of_memory
 from distill.data import ImageData, Normalization, Splits, resize
-from distill.datafree import DataFreeConfig, DataFreeResult, Generator, check_generator, distil_data_free, resolve_method
+from distill.datafree import (
+    DataFreeConfig,
+    DataFreeFailedError,
+    DataFreeResult,
+    Generator,
+    check_generator,
+    distil_data_free,
+    judge_data_free,
+    resolve_method,
+)
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
 from distill.input_convention import InputConvention, find_input_convention
 from distill.loading import STATE_DICT, ModelFileError, Teacher
@@ -417,6 +426,11 @@ class Job:
             self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
         self.checkpoint_path.unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if student.data_free is not None and not splits:  # nothing but the generator to judge it by
+            d = student.data_free
+            why = judge_data_free(list(d.class_histogram), d.agreement_on_generated)
+            if why:
+                raise DataFreeFailedError(f"{why}; its student, report and samples are kept for inspection (DownloadArtifact)")
 
     def hand_off(
         self, report: pb.Report, splits: Splits | None, num_classes: int, teacher_sha256: str, with_bundle: bool

@@ -64,6 +64,24 @@ def teacher_model(client: Client, teacher_file: Path) -> pb.Model:
     return client.upload(teacher_file, name="tiny teacher", architecture="lenet5")
 
 
+class NaNOnTrainingBatches(torch.nn.Module):
+    """A teacher that makes training diverge: finite on the 512-image batch its input convention is scored on
+    (so the job gets as far as training), NaN on every training batch (smaller)."""
+
+    def __init__(self, teacher: torch.nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.teacher(x)
+        return out * float("nan") if x.shape[0] < 512 else out
+
+
+def diverging_teacher(client: Client, teacher: torch.nn.Module, folder: Path) -> pb.Model:
+    torch.jit.save(torch.jit.script(NaNOnTrainingBatches(teacher).eval()), folder / "diverging.ts")
+    return client.upload(folder / "diverging.ts")
+
+
 def tiny_spec(teacher_id: str, **training: float) -> pb.JobSpec:
     """A job that finishes in seconds: tiny data, 4 epochs, a short benchmark.
 

@@ -21,7 +21,7 @@ from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from service.report import to_markdown
 from service.server import spawn_server, stop_server
-from tests.conftest import tiny_spec
+from tests.conftest import TINY_DATA, diverging_teacher, tiny_spec
 from tests.test_reliability import long_spec, rank_pids, wait_for_step, wait_gone
 from tests.test_service import data_free_spec
 
@@ -189,10 +189,7 @@ def test_a_failing_or_cancelled_process_ends_the_job_with_its_own_reason(
         wait_gone(pid, 5)
 
     # Diverged: every process sees the same mean loss; the job gets the engine's message and code.
-    broken = {k: v.clone() for k, v in tiny_teacher.state_dict().items()}
-    next(v for k, v in broken.items() if k.endswith("bias")).fill_(float("nan"))
-    torch.save(broken, tmp_path / "nan.pt")
-    spec = tiny_spec(client.upload(tmp_path / "nan.pt", architecture="lenet5").id)
+    spec = tiny_spec(diverging_teacher(client, tiny_teacher, tmp_path).id)
     spec.distributed.processes_per_node = 2
     failed = client.wait(client.create_job(spec).id)
     assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.ABORTED.value[0]
@@ -202,6 +199,8 @@ def test_a_failing_or_cancelled_process_ends_the_job_with_its_own_reason(
 def test_a_data_free_job_on_two_processes_through_the_service(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
     spec = data_free_spec(teacher_model.id)
     spec.distributed.processes_per_node = 2
+    # Labelled validation data: 20 iterations teach the student little, and without labels that fails the job.
+    spec.dataset.generated.CopyFrom(pb.GeneratedDataset(**TINY_DATA))
     job = client.wait(client.create_job(spec).id)
 
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message

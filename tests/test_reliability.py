@@ -28,7 +28,7 @@ from service import cli
 from service.client import Client
 from service.server import spawn_server, stop_server
 from service.store import Store
-from tests.conftest import rpc_error, tiny_spec
+from tests.conftest import diverging_teacher, rpc_error, tiny_spec
 
 
 def long_spec(teacher_id: str, checkpoint_every: int = 20) -> pb.JobSpec:
@@ -281,12 +281,16 @@ def test_a_dying_worker_fails_only_its_job_and_frees_the_slot(
         if behind is not None:
             assert client.wait(behind.id).state == pb.JOB_STATE_SUCCEEDED  # the slot was freed
 
-    # Diverging: a teacher with one NaN weight makes the first loss NaN.
+    # A teacher with one NaN weight fails before training: its outputs are checked when its input convention is found.
     broken = {k: v.clone() for k, v in tiny_teacher.state_dict().items()}
     next(v for k, v in broken.items() if k.endswith("bias")).fill_(float("nan"))
     torch.save(broken, tmp_path / "nan.pt")
     nan_teacher = client.upload(tmp_path / "nan.pt", architecture="lenet5")
     failed = client.wait(client.create_job(quick_spec(nan_teacher.id)).id)
+    assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "the teacher's outputs are not finite" in failed.error.message
+    # Diverging: the first training loss is NaN.
+    failed = client.wait(client.create_job(quick_spec(diverging_teacher(client, tiny_teacher, tmp_path).id)).id)
     assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.ABORTED.value[0]
     assert "loss became nan at step 1; the teacher's outputs" in failed.error.message
 

@@ -105,3 +105,43 @@ def test_reduced_precision_is_judged_on_accuracy_and_speed(report: pb.Report) ->
     # The picks never name a variant the report does not recommend.
     assert report.student_lowest_latency.variant == "student / onnxruntime int8 static"
     assert report.student_lowest_latency.p50_ms == 0.4
+
+
+def _finished(teacher_top1: float, student_top1: float, num_classes: int = 10) -> pb.Report:
+    return report_format.finish(
+        pb.Report(
+            teacher=pb.ModelCard(architecture="t", num_classes=num_classes),
+            variants=[
+                _variant("teacher", "pytorch", teacher_top1, {1: 4.0}),
+                _variant("student", "pytorch", student_top1, {1: 1.0}),
+                _variant("student", "onnxruntime", student_top1, {1: 0.1}),
+            ],
+        )
+    )
+
+
+def test_a_student_near_chance_or_far_below_its_teacher_is_never_recommended() -> None:
+    at_chance = _finished(92.30, 10.00)
+    assert not any(v.recommended for v in at_chance.variants if v.model == "student")
+    assert not at_chance.HasField("student_lowest_latency")
+    # The summary leads with the accuracy, not the 40x speedup.
+    assert at_chance.summary.startswith("no student variant is recommended (student / pytorch: near chance: 10.00%")
+    far_below = _finished(92.30, 80.00)
+    assert far_below.summary.startswith("no student variant is recommended") and "12.30 points below the teacher" in far_below.summary
+    close = _finished(92.30, 89.00)
+    assert all(v.recommended for v in close.variants) and close.summary.startswith("student is 40.0x faster")
+
+
+def test_a_collapsed_data_free_student_without_labels_is_never_recommended() -> None:
+    def unlabelled(histogram: list[int], agreement: float) -> pb.Report:
+        variants = [pb.Variant(name=f"{m} / pytorch", model=m, runtime="pytorch", precision="fp32",
+                               latency=[_latency(1, ms)]) for m, ms in (("teacher", 4.0), ("student", 1.0))]
+        d = pb.DataFreeSummary(class_histogram=histogram, generated_samples=sum(histogram), agreement_on_generated=agreement)
+        return report_format.finish(pb.Report(teacher=pb.ModelCard(num_classes=len(histogram)), variants=variants, data_free=d))
+
+    collapsed = unlabelled([1180, 850, 10, 8, 0, 0, 0, 0, 0, 0], 80.0)  # the case: six classes never seen
+    assert not collapsed.variants[1].recommended and "covers 2 of 10 classes" in collapsed.summary
+    guessing = unlabelled([205] * 10, 12.0)
+    assert not guessing.variants[1].recommended and "near chance" in guessing.summary
+    healthy = unlabelled([205] * 10, 91.0)
+    assert healthy.variants[1].recommended and healthy.summary.startswith("student is 4.0x faster")

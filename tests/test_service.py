@@ -347,8 +347,17 @@ def data_free_spec(teacher_id: str) -> pb.JobSpec:
     )
 
 
+def learning_data_free_spec(teacher_id: str) -> pb.JobSpec:
+    """A data-free job long enough for the student to learn the tiny teacher (about 15 s): without labels,
+    a student that has not learnt it fails its job (test_a_collapsed_data_free_job_fails_and_keeps_its_artifacts)."""
+    spec = data_free_spec(teacher_id)
+    spec.data_free.MergeFrom(pb.DataFreeSpec(iterations=150, student_steps=3, batch_size=64, generator_width=16,
+                                             student_learning_rate=0.02))
+    return spec
+
+
 def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
-    job = client.wait(client.create_job(data_free_spec(teacher_model.id)).id)
+    job = client.wait(client.create_job(learning_data_free_spec(teacher_model.id)).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     assert {a.name for a in job.artifacts} == {
         "student.onnx", "student.int8.onnx", "student.int8-dynamic.onnx", "student.fp16.onnx", "student.pt",
@@ -362,12 +371,12 @@ def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp
     int8 = next(v for v in report.variants if v.precision == "int8 static")
     assert not int8.recommended and "no labelled data" in int8.note
     d = report.data_free
-    assert (d.method, d.iterations, d.student_steps, d.replay_steps, d.batch_size) == ("dfad", 20, 2, 10, 32)
+    assert (d.method, d.iterations, d.student_steps, d.replay_steps, d.batch_size) == ("dfad", 150, 3, 10, 64)
     report_md = client.download(job.id, "report.md", tmp_path / "report.md").read_text()
-    assert "2 student steps on fresh images and 10 on replayed ones" in report_md
+    assert "3 student steps on fresh images and 10 on replayed ones" in report_md
     assert len(d.class_histogram) == 4 and sum(d.class_histogram) == d.generated_samples > 0
     assert 0 <= d.agreement_on_generated <= 100
-    assert report.training.steps == 20 and report.training.train_samples == 0 and report.training.val_samples == 0
+    assert report.training.steps == 150 and report.training.train_samples == 0 and report.training.val_samples == 0
     assert report.export.parity_max_abs_diff <= 1e-4 and report.export.parity_samples > 0
 
     with Image.open(client.download(job.id, "samples.png", tmp_path)) as grid:
@@ -376,6 +385,24 @@ def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp
     assert "## Data-free: dfad" in markdown and "nothing to evaluate" in markdown
     saved = torch.load(client.download(job.id, "generator.pt", tmp_path), weights_only=True)
     assert datafree.Generator.from_checkpoint(saved).sample(3).shape == (3, 1, 28, 28)
+
+
+class OneClass(torch.nn.Module):
+    """A teacher that sees one class in everything: no generator can cover the others."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([8.0, 0.0, 0.0, 0.0]).expand(x.shape[0], 4) + 0 * x.mean()
+
+
+def test_a_collapsed_data_free_job_fails_and_keeps_its_artifacts(client: Client, tmp_path: Path) -> None:
+    torch.jit.save(torch.jit.script(OneClass()), tmp_path / "one_class.ts")
+    job = client.wait(client.create_job(data_free_spec(client.upload(tmp_path / "one_class.ts").id)).id)
+    assert job.state == pb.JOB_STATE_FAILED and job.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "the generator covers 1 of 4 classes" in job.error.message and "kept for inspection" in job.error.message
+    assert {"student.pt", "student.onnx", "report.json", "samples.png", "generator.pt"} <= {a.name for a in job.artifacts}
+    report = json_format.Parse(client.download(job.id, "report.json", tmp_path).read_text(), pb.Report())
+    assert not any(v.recommended for v in report.variants if v.model == "student")
+    assert report.summary.startswith("no student variant is recommended")
 
 
 def test_data_free_job_evaluates_on_validation_data_only(client: Client, teacher_model: pb.Model) -> None:
