@@ -52,16 +52,19 @@ def load_teacher(path: Path, fmt: str, architecture: str, input_shape: tuple[int
     return describe_teacher(model, fmt, architecture, input_shape)
 
 
-def load_module(path: Path, fmt: str) -> nn.Module:
-    """A TorchScript or torch.export file as a module in eval mode; a state_dict is checked to be one.
+def try_load(path: Path, fmt: str) -> None:
+    """Load a file as a job will, without running it: what upload inspection does (in a child process).
 
-    What upload inspection runs (in a child process) to know the file loads, and
-    the worker runs for real. A state_dict needs an architecture to become a
-    module; here it is only read.
+    A state_dict needs an architecture and a channel count to become a module; here it is only read.
     """
     if fmt == STATE_DICT:
         read_state_dict(path)
-        return nn.Identity()
+    else:
+        load_module(path, fmt)
+
+
+def load_module(path: Path, fmt: str) -> nn.Module:
+    """A TorchScript or torch.export file as a module in eval mode."""
     if fmt == TORCHSCRIPT:
         try:
             model = torch.jit.load(str(path), map_location="cpu")

@@ -49,7 +49,7 @@ def inspect(path: Path, limits: ArchiveLimits) -> int:
     if fmt == pb.MODEL_FORMAT_ONNX:
         onnx_teacher.open_onnx(path, num_threads=1)
     else:
-        loading.load_module(path, NAME_BY_FORMAT[fmt])
+        loading.try_load(path, NAME_BY_FORMAT[fmt])
     return fmt
 
 
