@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill import distributed
+from distill.batchnorm import BatchNormTap
 from distill.evaluate import near_chance
 from distill.trainer import (
     CheckpointFn,
@@ -164,18 +165,25 @@ class Generator(nn.Module):
         return torch.cat(out)
 
 
-def batchnorm_layers(teacher: Callable[[torch.Tensor], torch.Tensor]) -> list[nn.BatchNorm2d]:
-    """The teacher's BatchNorm2d layers with running statistics (empty for black boxes)."""
+def batchnorm_layers(teacher: Callable[[torch.Tensor], torch.Tensor]) -> list[nn.Module]:
+    """The teacher's BatchNorm layers with running statistics a hook can reach (empty for black boxes).
+
+    BatchNorm2d modules of an eager teacher, or the taps ``batchnorm.reach_batchnorm``
+    put into a TorchScript or torch.export teacher's graph.
+    """
     if not isinstance(teacher, nn.Module):
         return []
-    return [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+    return [
+        m for m in teacher.modules()
+        if isinstance(m, BatchNormTap) or (isinstance(m, nn.BatchNorm2d) and m.running_mean is not None)
+    ]
 
 
 def resolve_method(method: str, teacher: Callable[[torch.Tensor], torch.Tensor]) -> str:
     if method == "auto":
         return "bn_prior" if batchnorm_layers(teacher) else "dfad"
     if method == "bn_prior" and not batchnorm_layers(teacher):
-        raise ValueError("bn_prior needs a teacher with BatchNorm2d layers the server can reach; use dfad")
+        raise ValueError("bn_prior needs a teacher with BatchNorm layers the server can reach; use dfad")
     return method
 
 
@@ -276,6 +284,7 @@ class DataFreeResult:
     wall_seconds: float
     generator: Generator
     world_size: int = 1
+    batchnorm: str = ""  # for the report: where the BatchNorm prior found the teacher's layers (set by the caller)
 
 
 def distil_data_free(

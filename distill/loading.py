@@ -166,6 +166,21 @@ def _weights_only_forced() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def module_of(program: torch.export.ExportedProgram) -> nn.Module:
+    """An exported program as a module the engine can use like any teacher.
+
+    Guards are Python source carried in the file, which torch would exec: left
+    out (a wrong input shape fails in the graph's ops instead). torch makes
+    ``eval()``/``train()`` raise on such a module because they cannot change
+    the graph (it runs as exported); every teacher gets ``eval()`` here, so the
+    plain flag-setting ones are put back.
+    """
+    module = program.module(check_guards=False)
+    for name in ("train", "eval"):
+        module.__dict__.pop(name, None)
+    return module
+
+
 def _load_exported_program(path: Path) -> nn.Module:
     try:
         with _weights_only_forced(), open(path, "rb") as f:  # a file object: torch warns about names not ending .pt2
@@ -178,7 +193,6 @@ def _load_exported_program(path: Path) -> nn.Module:
     if len(inputs) != 1:
         raise ModelFileError(f"the exported program must take one input tensor, it takes {len(inputs)}")
     batch = inputs[0].meta["val"].shape[0]
-    # Guards are Python source carried in the file, which torch would exec; the probe forward checks the shape instead.
-    module = program.module(check_guards=False)
+    module = module_of(program)
     # A program exported with a dynamic batch accepts any size; a static one is adapted.
     return module if not isinstance(batch, int) else StaticBatchModule(module, batch)

@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from torchvision.utils import save_image
 
 from distill import distributed, models
+from distill.batchnorm import reach_batchnorm
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory, limit_memory, out_of_memory
 from distill.data import ImageData, Normalization, Splits, resize
@@ -608,7 +609,10 @@ class Job:
     ) -> tuple[pb.TrainingSummary, DataFreeResult]:
         assert plan.data_free is not None
         config = plan.data_free.config
-        method = resolve_method(config.method, teacher.model)
+        # TorchScript and torch.export teachers hide their BatchNorm layers from hooks; reach them for the prior.
+        reached = reach_batchnorm(teacher.model, input_shape) if config.method != "dfad" else None
+        trained_against = reached.teacher if reached else teacher.model
+        method = resolve_method(config.method, trained_against)
         described = (
             f"{method}(iterations={config.iterations}, student_steps={config.student_steps}, "
             f"replay_steps={config.replay_steps}, batch_size={config.batch_size}, "
@@ -618,7 +622,7 @@ class Job:
         with self.stop.at_step_boundaries():
             trained = distil_data_free(
                 student,
-                teacher.model,
+                trained_against,
                 input_shape,
                 config,
                 **self.training_callbacks(),
@@ -633,6 +637,7 @@ class Job:
             device=_device_kind(config.device),
             processes=trained.world_size,
         )
+        trained.batchnorm = reached.how if reached and method == "bn_prior" else ""
         return summary, trained
 
     def inspect_generator(
@@ -652,6 +657,7 @@ class Job:
             generated_samples=check.samples,
             agreement_on_generated=check.agreement,
             samples_artifact="samples.png",
+            batchnorm=result.batchnorm,
         )
 
     def save_student(

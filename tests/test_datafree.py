@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import platform
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from distill import allocator, data, datafree, evaluate, models, trainer
+from distill import allocator, batchnorm, data, datafree, evaluate, loading, models, trainer
 from distill.datafree import DataFreeConfig, Generator
 from tests.conftest import TINY_DATA
 
@@ -166,3 +167,31 @@ def test_config_rejects_nonsense() -> None:
 def test_allocator_tuning_applies_on_glibc() -> None:
     assert allocator.keep_freed_memory()
     assert torch.ones(64 << 20, dtype=torch.uint8).sum() == 64 << 20  # large allocations still work
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported_program", "exported_program_static_batch"])
+def test_batchnorm_is_reached_in_torchscript_and_exported_teachers(fmt: str, tmp_path: Path) -> None:
+    """auto picks bn_prior for every format that has BatchNorm, and the prior sees each layer's input."""
+    eager = models.build("resnet8_cifar", 4, 1).eval()
+    example = torch.randn(2, *SHAPE)
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.script(eager), tmp_path / "t.pt")
+        loaded = loading.load_teacher(tmp_path / "t.pt", loading.TORCHSCRIPT, "", SHAPE).model
+    else:
+        dynamic = {"dynamic_shapes": ({0: torch.export.Dim("batch")},)} if fmt == "exported_program" else {}
+        torch.export.save(torch.export.export(eager, (example,), **dynamic), tmp_path / "t.pt2")
+        loaded = loading.load_teacher(tmp_path / "t.pt2", loading.EXPORTED_PROGRAM, "", SHAPE).model
+    assert not datafree.batchnorm_layers(loaded) and datafree.resolve_method("auto", loaded) == "dfad"  # hidden as loaded
+
+    reached = batchnorm.reach_batchnorm(loaded, SHAPE)
+    expected = sum(isinstance(m, torch.nn.BatchNorm2d) for m in eager.modules())
+    assert len(reached.layers) == expected and str(expected) in reached.how, reached.how
+    assert datafree.resolve_method("auto", reached.teacher) == "bn_prior"
+    x = torch.randn(5, *SHAPE, requires_grad=True)
+    with torch.no_grad():
+        assert torch.allclose(reached.teacher(x), eager(x), atol=1e-5)
+    prior = datafree._BatchNormPrior(datafree.batchnorm_layers(reached.teacher))
+    prior.active = True
+    reached.teacher(x).sum().backward()  # the generator's gradient flows through the reached teacher
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert len(prior.terms) >= expected and torch.isfinite(prior.take())

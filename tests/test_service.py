@@ -405,6 +405,16 @@ def test_a_collapsed_data_free_job_fails_and_keeps_its_artifacts(client: Client,
     assert report.summary.startswith("no student variant is recommended")
 
 
+def test_auto_picks_bn_prior_for_a_torchscript_teacher_with_batchnorm(client: Client, tmp_path: Path) -> None:
+    torch.jit.save(torch.jit.script(train_tiny_teacher("resnet8_cifar")), tmp_path / "bn.ts")
+    spec = data_free_spec(client.upload(tmp_path / "bn.ts").id)
+    spec.dataset.generated.CopyFrom(pb.GeneratedDataset(**TINY_DATA))  # scores the student; 20 iterations teach it little
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    d = client.report(job.id).data_free
+    assert d.method == "bn_prior" and d.batchnorm.startswith("9 batch-norm ops in the TorchScript teacher"), d.batchnorm
+
+
 def test_data_free_job_evaluates_on_validation_data_only(client: Client, teacher_model: pb.Model) -> None:
     spec = data_free_spec(teacher_model.id)
     spec.dataset.generated.CopyFrom(pb.GeneratedDataset(**TINY_DATA))

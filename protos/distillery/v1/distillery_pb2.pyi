@@ -677,7 +677,7 @@ class LatencyPick(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., runtime: _Optional[str] = ..., batch_size: _Optional[int] = ..., p50_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ...) -> None: ...
 
 class DataFreeSummary(_message.Message):
-    __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact", "replay_steps")
+    __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact", "replay_steps", "batchnorm")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     STUDENT_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -687,6 +687,7 @@ class DataFreeSummary(_message.Message):
     AGREEMENT_ON_GENERATED_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     REPLAY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCHNORM_FIELD_NUMBER: _ClassVar[int]
     method: str
     iterations: int
     student_steps: int
@@ -696,7 +697,8 @@ class DataFreeSummary(_message.Message):
     agreement_on_generated: float
     samples_artifact: str
     replay_steps: int
-    def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ..., replay_steps: _Optional[int] = ...) -> None: ...
+    batchnorm: str
+    def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ..., replay_steps: _Optional[int] = ..., batchnorm: _Optional[str] = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("architecture", "parameters", "macs", "num_classes", "input_shape")
