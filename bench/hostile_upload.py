@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,46 +60,27 @@ def main() -> int:
             bombs.append((f"{name}, {honesty} directory", path))
 
     process, address = spawn_server(folder / "data")
-    latencies: list[float] = []
-    misses: list[str] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while not done.is_set():
-                started = time.perf_counter()
-                try:
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    latencies.append(time.perf_counter() - started)
-                except grpc.RpcError as e:
-                    misses.append(e.code().name)
-
     rows = []
     try:
         with Client(address, timeout=120) as client:
-            client.list_jobs()  # the server answers: its start-up is over
+            list(client.list_jobs())  # the server answers: its start-up is over
             before = status_bytes(process.pid, "VmRSS")
-            thread = threading.Thread(target=probe)
-            thread.start()
             accepted = 0
-            for label, path in bombs:
-                started = time.perf_counter()
-                try:
-                    client.upload(path, architecture="lenet5")
-                    accepted += 1
-                    outcome = "ACCEPTED"
-                except grpc.RpcError as e:
-                    outcome = f"{e.code().name}: {e.details()}"
-                rows.append(f"| {label} | {path.stat().st_size / 1e6:.1f} MB | {time.perf_counter() - started:.2f} s | {outcome} |")
-            done.set()
-            thread.join()
+            with hostile.HealthProbe(address, deadline_s=1.0) as health:
+                for label, path in bombs:
+                    started = time.perf_counter()
+                    try:
+                        client.upload(path, architecture="lenet5")
+                        accepted += 1
+                        outcome = "ACCEPTED"
+                    except grpc.RpcError as e:
+                        outcome = f"{e.code().name}: {e.details()}"
+                    rows.append(f"| {label} | {path.stat().st_size / 1e6:.1f} MB | {time.perf_counter() - started:.2f} s | {outcome} |")
             peak = status_bytes(process.pid, "VmHWM")
     finally:
-        done.set()
         stop_server(process)
 
-    latencies.sort()
+    latencies, misses = sorted(health.latencies), health.misses
     growth = peak - before
     lines = [
         f"# Zip bombs ({args.gib} GiB inflated) against a running server",

@@ -1,7 +1,7 @@
 """Hostile model files, built the way an attacker would: a few lines each, no binary blobs in the repo.
 
 Every payload that runs code creates a marker file; a test passes only if the
-marker never appears.
+marker never appears. ``HealthProbe`` watches the server while they arrive.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ import os
 import pickle
 import struct
 import sys
+import threading
+import time
 import zipfile
 import zlib
 from pathlib import Path
 
+import grpc
 import onnx
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
 ONE_MIB = 1 << 20
@@ -186,3 +190,38 @@ def absurd_weight() -> TensorProto:
 
 def json_bytes(document: object) -> bytes:
     return json.dumps(document).encode()
+
+
+class HealthProbe:
+    """Asks the server's health over and over, on a channel of its own, each call with ``deadline_s``; records
+    every answer's latency (seconds) and every miss, until the ``with`` block ends."""
+
+    def __init__(self, address: str, deadline_s: float = 1.0) -> None:
+        self.address, self.deadline_s = address, deadline_s
+        self.latencies: list[float] = []
+        self.misses: list[str] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while not self._done.is_set():
+                started = time.perf_counter()
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=self.deadline_s).status
+                except grpc.RpcError as e:
+                    self.misses.append(f"{e.code().name}: {e.details()}")
+                    continue
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    self.latencies.append(time.perf_counter() - started)
+                else:
+                    self.misses.append(f"status {status}")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -179,32 +178,6 @@ def _resident_bytes(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for pid {pid}")
 
 
-def _while_health_is_probed(address: str, action: Callable[[], None]) -> list[str]:
-    """Run ``action`` while another thread asks health, each time with a 1 s deadline; returns the failures."""
-    failures: list[str] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while not done.is_set():
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_DEADLINE_S).status
-                    if status != health_pb2.HealthCheckResponse.SERVING:
-                        failures.append(f"status {status}")
-                except grpc.RpcError as e:
-                    failures.append(f"{e.code().name}: {e.details()}")
-
-    thread = threading.Thread(target=probe)
-    thread.start()
-    try:
-        action()
-    finally:
-        done.set()
-        thread.join()
-    return failures
-
-
 def test_zip_bombs_are_refused_from_the_directory_while_health_answers(
     hclient: Client, hostile_server: tuple[object, str, Path], files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -223,9 +196,9 @@ def test_zip_bombs_are_refused_from_the_directory_while_health_answers(
         # A directory that lies: the member says 1 KiB; reading stops there and the check fails.
         bombs.append((hostile.zip_bomb(tmp_path / f"{name}-lying.zip", layout, member, stream, crc, 1024), ""))
     before = _resident_bytes(process.pid, "VmRSS")
-    outcomes: list[grpc.RpcError] = []
-    failures = _while_health_is_probed(address, lambda: outcomes.extend(refusal(hclient, path) for path, _ in bombs))
-    assert not failures, f"health did not answer within {HEALTH_DEADLINE_S} s: {failures[:3]}"
+    with hostile.HealthProbe(address, HEALTH_DEADLINE_S) as health:
+        outcomes = [refusal(hclient, path) for path, _ in bombs]
+    assert health.latencies and not health.misses, f"health did not answer within {HEALTH_DEADLINE_S} s: {health.misses[:3]}"
     for (path, fragment), error in zip(bombs, outcomes):
         assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), (path.name, error.details())
         assert fragment in (error.details() or ""), (path.name, error.details())
