@@ -318,7 +318,7 @@ def _data_free_section(d: pb.DataFreeSummary) -> list[str]:
         f"## Data-free: {d.method}",
         "",
         data_free_summary_line(d) + f" Samples per class: `{d.samples_artifact}`."
-        + (f" The BatchNorm prior matched {d.batchnorm}." if d.batchnorm else ""),
+        + (f" Teacher BatchNorm: {d.batchnorm}." if d.batchnorm else ""),
         "",
         "Teacher's classes over the generated images (a collapsed generator puts most in a few):",
         "",

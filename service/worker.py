@@ -637,7 +637,7 @@ class Job:
             device=_device_kind(config.device),
             processes=trained.world_size,
         )
-        trained.batchnorm = reached.how if reached and method == "bn_prior" else ""
+        trained.batchnorm = reached.how if reached else ""  # where the layers were found, or why they were not
         return summary, trained
 
     def inspect_generator(
