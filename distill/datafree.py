@@ -523,6 +523,8 @@ def judge_data_free(class_histogram: list[int], agreement: float) -> str:
     class seen in under a quarter of its fair share counts as missing).
     """
     num_classes, samples = len(class_histogram), sum(class_histogram)
+    if not samples:
+        return ""  # nothing was sampled: nothing to judge by
     fair = samples / num_classes
     covered = sum(1 for n in class_histogram if n >= fair / 4)
     if near_chance(agreement, num_classes):

@@ -23,6 +23,7 @@ would interpret, as streams, without loading anything:
 from __future__ import annotations
 
 import ast
+import collections
 import functools
 import io
 import json
@@ -64,6 +65,8 @@ class ArchiveLimits:
     max_members: int = 100_000
 
 
+# Members are inflated this much at a time (see read_member).
+_CHUNK_BYTES = 1 << 20
 # A member this small cannot be a bomb whatever its ratio (a 4 KiB file of one repeated line compresses 100x).
 _RATIO_EXEMPT_BYTES = 1 << 20
 
@@ -73,11 +76,10 @@ def check_directory(archive: zipfile.ZipFile, limits: ArchiveLimits) -> None:
     members = archive.infolist()
     if len(members) > limits.max_members:
         raise ModelFileError(f"the archive has {len(members)} members; at most {limits.max_members} are accepted")
-    names = [m.filename for m in members]
-    if len(set(names)) != len(names):
+    duplicates = [name for name, n in collections.Counter(m.filename for m in members).items() if n > 1]
+    if duplicates:
         # Readers disagree on which copy of a duplicated name wins: a checked member could differ from the loaded one.
-        duplicate = next(n for n in names if names.count(n) > 1)
-        raise ModelFileError(f"the archive holds {duplicate!r} more than once")
+        raise ModelFileError(f"the archive holds {duplicates[0]!r} more than once")
     total = 0
     for member in members:
         if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -162,9 +164,6 @@ def read_member(archive: zipfile.ZipFile, name: str) -> bytes:
             chunks.append(chunk)
             left -= len(chunk)
     return b"".join(chunks)
-
-
-_CHUNK_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------ pickles

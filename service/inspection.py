@@ -106,7 +106,12 @@ def _crashed(exitcode: int | None, budget: int) -> Exception:
         return InspectionLimitError(f"inspecting the file was killed, likely for memory (limit {budget >> 20} MiB)")
     if exitcode == -signal.SIGALRM:
         return InspectionLimitError("inspecting the file ran past its deadline (--inspect-timeout)")
-    how = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
+    how = f"exit code {exitcode}"
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:  # a signal number Python has no name for
+            how = f"signal {-exitcode}"
     return ModelFileError(f"the model loader crashed on this file ({how}); it is malformed")
 
 

@@ -86,3 +86,12 @@ def test_a_global_fetched_from_the_pickle_memo_is_refused_too(tmp_path: Path) ->
     with pytest.raises(loading.ModelFileError, match="data.pkl"):
         detect(tmp_path / "memo.pt")
     assert not marker.exists()
+
+
+def test_an_archive_naming_a_member_twice_is_refused(tmp_path: Path) -> None:
+    """Zip readers disagree on which copy wins: the one checked could be other than the one loaded."""
+    torch.save(_model().state_dict(), tmp_path / "sd.pt")
+    with zipfile.ZipFile(tmp_path / "sd.pt", "a") as z, pytest.warns(UserWarning, match="Duplicate name"):
+        z.writestr(z.namelist()[0], b"\x80\x02}.")
+    with pytest.raises(loading.ModelFileError, match="more than once"):
+        detect(tmp_path / "sd.pt")
