@@ -192,7 +192,7 @@ def run_data_free(case_name: str, args: argparse.Namespace) -> str:
         f"Teacher {case.teacher}: **{teacher_top1:.2f}%** top-1 on {len(splits.val)} test images. Each student: "
         f"{args.iterations} generator iterations, each followed by {defaults.student_steps} student steps on "
         f"fresh images and {defaults.replay_steps} on replayed ones (unless the row says otherwise), batch "
-        f"{defaults.batch_size}, generator width "
+        f"{defaults.batch_size or 'from the teacher (256 for 10 classes)'}, generator width "
         f"{args.generator_width}, on {args.device}, {args.seeds} seed(s). The test split scores the final "
         "student once; nothing was selected by it.",
         "",

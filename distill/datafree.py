@@ -23,9 +23,32 @@ make the batch statistics every teacher BN layer sees match them
 image (DAFL's one-hot term). ``auto`` picks ``bn_prior`` for teachers with
 BatchNorm layers and ``dfad`` for the rest.
 
-Both run in the normalised input space the teacher expects: the generator
-ends in a BatchNorm without affine parameters, so its images have zero mean
-and unit variance per channel, as the teacher's normalised inputs do.
+Both start in the normalised input space most teachers expect: the
+generator ends in a BatchNorm, so its images have zero mean and unit variance
+per channel. Under ``bn_prior`` that BatchNorm has a learnt scale and shift:
+a teacher that normalises inside (``Normalize`` as its first op, inputs in
+[0, 1]) has first-layer statistics that pull the images into its range.
+Under ``dfad`` nothing would hold a learnt range, and the adversarial term
+would stretch it without end, so the range stays fixed.
+
+A teacher trained elsewhere can make the generator collapse: its images drift
+to the few classes it finds easiest, the teacher's logits on them run away,
+and the student learns nothing (issue 19: one class 57% of the images, six
+never seen, L1 729, a 10% student). Three guards:
+
+- The teacher's logits are centred (softmax ignores a shared offset) and
+  clamped to ``logit_bound`` wherever they are a target or part of the
+  adversarial gap: past the bound the generator gains nothing, and the
+  student's logits stay in the teacher's normal range.
+- ``CoverageWatch`` counts the teacher's classes on the generator's fresh
+  images, window by window. When classes vanish it acts, in steps: it turns
+  on class-conditional targets (the generator takes a class label; a
+  cross-entropy term asks the teacher to see that class, as CMI and NAYER
+  do), weighted towards the missing classes; then doubles the balance weight
+  while classes stay missing; then re-seeds the generator. Each action is an
+  event and is listed in the report.
+- The batch follows the number of classes (``batch_size`` 0: 16 images a
+  class, 256 to 1024), so each class can appear in every batch.
 """
 
 from __future__ import annotations
@@ -33,7 +56,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -66,7 +89,7 @@ class DataFreeConfig:
     student_steps: int = 2  # student steps per generator step on fresh images
     replay_steps: int = 10  # then student steps on images drawn from the replay memory
     replay_memory_mb: int = 128  # images (float16) and teacher logits kept for replay
-    batch_size: int = 256
+    batch_size: int = 0  # 0: from the teacher's classes (see recipe_batch_size)
     student_lr: float = 0.1  # SGD, momentum 0.9, cosine to zero
     generator_lr: float = 1e-3  # Adam, cosine to zero
     weight_decay: float = 5e-4
@@ -77,6 +100,9 @@ class DataFreeConfig:
     bn_weight: float = 1.0
     confidence_weight: float = 0.1
     balance_weight: float = 5.0
+    target_weight: float = 1.0  # class-conditional targets, once the watch has turned them on
+    logit_bound: float = 30.0  # |centred teacher logit| beyond which nothing is learnt or rewarded
+    coverage_window: int = 0  # iterations per class-coverage verdict; 0: iterations / 40, at least 10
     seed: int = 0
     checkpoint_interval_steps: int = 100
     device: str = "cpu"
@@ -88,7 +114,9 @@ class DataFreeConfig:
             "student_steps must be 1..100": 1 <= self.student_steps <= 100,
             "replay_steps must be 0..100": 0 <= self.replay_steps <= 100,
             "replay_memory_mb must be 1..65536": 1 <= self.replay_memory_mb <= 65_536,
-            "batch_size must be 2..65536 (BatchNorm needs two samples)": 2 <= self.batch_size <= 65_536,
+            "batch_size must be 0 (from the teacher) or 2..65536 (BatchNorm needs two samples)": (
+                self.batch_size == 0 or 2 <= self.batch_size <= 65_536
+            ),
             "student_lr must be in (0, 10]": 0 < self.student_lr <= 10,
             "generator_lr must be in (0, 1]": 0 < self.generator_lr <= 1,
             "weight_decay must be in [0, 1]": 0 <= self.weight_decay <= 1,
@@ -96,8 +124,12 @@ class DataFreeConfig:
             "generator_width must be 4..1024": 4 <= self.generator_width <= 1024,
             "loss weights must be finite and not negative": all(
                 0 <= w < math.inf  # written so that NaN fails too
-                for w in (self.adversarial_weight, self.bn_weight, self.confidence_weight, self.balance_weight)
+                for w in (
+                    self.adversarial_weight, self.bn_weight, self.confidence_weight, self.balance_weight, self.target_weight
+                )
             ),
+            "logit_bound must be in (0, 10000]": 0 < self.logit_bound <= 10_000,
+            "coverage_window must be 0..100000": 0 <= self.coverage_window <= 100_000,
             "checkpoint_interval_steps must be >= 1": self.checkpoint_interval_steps >= 1,
         }
         failed = [message for message, ok in checks.items() if not ok]
@@ -106,19 +138,31 @@ class DataFreeConfig:
 
 
 class Generator(nn.Module):
-    """Noise -> image of the teacher's input shape (DCGAN-style, as in DFAD).
+    """Noise (and a class label) -> image of the teacher's input shape (DCGAN-style, as in DFAD).
 
     A linear layer makes a small map (about 8 px a side), 2x upsampling
     blocks grow it to the target size or just past it, a centre crop trims
     the excess (odd sizes such as 28 or 224 work the same way).
+
+    With ``num_classes`` the noise is shifted by a learnt embedding of the
+    label. It starts at zero, so until class-conditional targets are turned
+    on the generator is the unconditional one. ``learn_range`` gives the last
+    BatchNorm a learnt per-channel scale and shift (see the module's notes).
     """
 
-    def __init__(self, noise_dim: int, input_shape: tuple[int, int, int], width: int = 64) -> None:
+    def __init__(
+        self, noise_dim: int, input_shape: tuple[int, int, int], width: int = 64, num_classes: int = 0, learn_range: bool = False
+    ) -> None:
         super().__init__()
         channels, height, width_px = input_shape
         self.input_shape = input_shape
         self.noise_dim = noise_dim
         self.width = width
+        self.num_classes = num_classes
+        self.learn_range = learn_range
+        self.label_embedding = nn.Embedding(num_classes, noise_dim) if num_classes else None
+        if self.label_embedding is not None:
+            nn.init.zeros_(self.label_embedding.weight)
         ups = max(1, round(math.log2(min(height, width_px) / 8)))
         self.start = (math.ceil(height / 2**ups), math.ceil(width_px / 2**ups))
         widths = [min(1024, width * 2 ** (ups - i)) for i in range(ups + 1)]  # e.g. 256, 128, 64
@@ -131,10 +175,12 @@ class Generator(nn.Module):
                 nn.BatchNorm2d(widths[i + 1]),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
-        layers += [nn.Conv2d(widths[-1], channels, 3, padding=1), nn.Tanh(), nn.BatchNorm2d(channels, affine=False)]
+        layers += [nn.Conv2d(widths[-1], channels, 3, padding=1), nn.Tanh(), nn.BatchNorm2d(channels, affine=learn_range)]
         self.body = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None and self.label_embedding is not None:
+            z = z + self.label_embedding(labels)
         x = self.project(z).view(z.shape[0], -1, *self.start)
         x = self.body(x)
         _, height, width = self.input_shape
@@ -142,25 +188,42 @@ class Generator(nn.Module):
         return x[:, :, top : top + height, left : left + width]
 
     def to_checkpoint(self) -> dict[str, Any]:
-        return {"noise_dim": self.noise_dim, "input_shape": list(self.input_shape), "width": self.width, "state_dict": self.state_dict()}
+        return {
+            "noise_dim": self.noise_dim,
+            "input_shape": list(self.input_shape),
+            "width": self.width,
+            "num_classes": self.num_classes,
+            "learn_range": self.learn_range,
+            "state_dict": self.state_dict(),
+        }
 
     @staticmethod
     def from_checkpoint(saved: dict[str, Any]) -> Generator:
         """Rebuild a saved generator (e.g. the ``generator.pt`` artifact, to draw INT8 calibration data)."""
-        generator = Generator(int(saved["noise_dim"]), tuple(saved["input_shape"]), int(saved["width"]))
+        generator = Generator(
+            int(saved["noise_dim"]),
+            tuple(saved["input_shape"]),
+            int(saved["width"]),
+            int(saved.get("num_classes", 0)),  # generators saved before labels and ranges were learnt have neither
+            bool(saved.get("learn_range", False)),
+        )
         generator.load_state_dict(saved["state_dict"])
         return generator
 
     def sample(self, count: int, batch_size: int = 256) -> torch.Tensor:
-        """``count`` fresh images in normalised space, on the CPU (e.g. INT8 calibration data)."""
+        """``count`` fresh images in the teacher's input space, on the CPU (e.g. INT8 calibration data).
+
+        A conditional generator is asked for every class in turn, so the sample is balanced.
+        """
         device = next(self.parameters()).device
         was_training = self.training
         self.train()  # the batch statistics are what the generator was trained with
         out = []
         with torch.no_grad():
             for start in range(0, count, batch_size):
-                n = min(batch_size, count - start)
-                out.append(self(torch.randn(max(n, 2), self.noise_dim, device=device))[:n].float().cpu())
+                n = max(min(batch_size, count - start), 2)
+                labels = (torch.arange(start, start + n, device=device) % self.num_classes) if self.num_classes else None
+                out.append(self(torch.randn(n, self.noise_dim, device=device), labels)[: count - start].float().cpu())
         self.train(was_training)
         return torch.cat(out)
 
@@ -211,6 +274,118 @@ class _BatchNormPrior:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def bounded_logits(logits: torch.Tensor, bound: float) -> torch.Tensor:
+    """Logits centred on their mean (softmax ignores a shared offset) and clamped to [-bound, bound]."""
+    return (logits - logits.mean(dim=1, keepdim=True)).clamp(-bound, bound)
+
+
+def recipe_batch_size(num_classes: int) -> int:
+    """16 generated images a class per batch, so every class can show in each one; 256 to 1024."""
+    return min(1024, max(256, 16 * num_classes))
+
+
+def describe_recipe(config: DataFreeConfig, requested_batch: int, num_classes: int, method: str) -> str:
+    """For the report: what the run chose for this teacher, and why."""
+    batch = (
+        f"batch {config.batch_size} (set in the spec)" if requested_batch
+        else f"batch {config.batch_size} (16 images a class for {num_classes} classes, 256 to 1024)"
+    )
+    output_range = (
+        "output range learnt (bn_prior: the teacher's BatchNorm statistics say where its inputs lie)"
+        if method == "bn_prior" else "output range fixed at zero mean, unit variance (dfad: nothing would hold a learnt one)"
+    )
+    return (
+        f"{batch}; class coverage judged every {config.coverage_window} iterations; {output_range}; "
+        f"teacher logits centred and bounded at {config.logit_bound:g}"
+    )
+
+
+class CoverageWatch:
+    """The teacher's classes on the generator's fresh images, window by window, and what is done when some vanish.
+
+    A class the teacher sees in under a quarter of its fair share of a
+    window's images counts as missing (``judge_data_free`` uses the same
+    rule on the final sample). Actions, one per window, in this order:
+    turn on class-conditional targets favouring the missing classes; while
+    classes stay missing, double the balance weight (up to 8x); after
+    ``RESEED_AFTER`` windows more, re-seed the generator (twice at most, in the run's first half).
+    """
+
+    RESEED_AFTER = 4
+    MAX_BALANCE_SCALE = 8.0
+    MAX_RESEEDS = 2
+    MISSING_BOOST = 4.0  # a missing class is drawn as a target this many times as often as a covered one
+
+    def __init__(self, num_classes: int, window: int, device: str) -> None:
+        self.num_classes = num_classes
+        self.window = window
+        self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.targets_on = False
+        self.balance_scale = 1.0
+        self.missing: list[int] = []
+        self.stuck_windows = 0  # consecutive windows with classes missing since the last action that could not go further
+        self.reseeds = 0
+        self.events: list[str] = []
+        self.target_weights = torch.ones(num_classes, device=device)
+
+    def observe(self, teacher_logits: torch.Tensor) -> None:
+        self.counts += teacher_logits.argmax(dim=1).bincount(minlength=self.num_classes).to(self.counts)
+
+    def labels(self, count: int) -> torch.Tensor:
+        """Class labels for a batch: uniform, with missing classes boosted."""
+        return torch.multinomial(self.target_weights, count, replacement=True)
+
+    def judge(self, step: int, total_steps: int, counts: torch.Tensor) -> str:
+        """Close a window (``counts`` summed over all ranks); returns the action to take: "", "targets", "balance", "reseed"."""
+        self.counts.zero_()
+        total = float(counts.sum())
+        if not total:
+            return ""
+        fair = total / self.num_classes
+        missing = [c for c in range(self.num_classes) if counts[c] < fair / 4]
+        share = lambda c: f"{c} ({100 * float(counts[c]) / total:.1f}%)"  # noqa: E731
+        if not missing:
+            if self.missing:
+                self.events.append(f"iteration {step}: every class is covered again")
+                self.target_weights.fill_(1.0)
+            self.missing, self.stuck_windows = [], 0
+            return ""
+        self.missing = missing
+        self.target_weights.fill_(1.0)
+        self.target_weights[missing] = self.MISSING_BOOST
+        seen = f"iteration {step}: the teacher saw {len(missing)} of {self.num_classes} classes rarely or never in the last {int(total)} generated images ({', '.join(share(c) for c in missing[:10])}{', ...' if len(missing) > 10 else ''})"
+        if not self.targets_on:
+            self.targets_on = True
+            self.events.append(f"{seen}: class-conditional targets on, the missing classes drawn {self.MISSING_BOOST:g}x as often")
+            return "targets"
+        if self.balance_scale < self.MAX_BALANCE_SCALE:
+            self.balance_scale *= 2
+            self.events.append(f"{seen}: class-balance weight raised to {self.balance_scale:g}x")
+            return "balance"
+        self.stuck_windows += 1
+        # A generator re-seeded late has no time to learn again: only in the first half of the run.
+        if self.stuck_windows >= self.RESEED_AFTER and self.reseeds < self.MAX_RESEEDS and step <= total_steps / 2:
+            self.reseeds += 1
+            self.stuck_windows = 0
+            self.events.append(f"{seen}: generator re-seeded ({self.reseeds} of at most {self.MAX_RESEEDS})")
+            return "reseed"
+        return ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts.cpu(), "targets_on": self.targets_on, "balance_scale": self.balance_scale,
+            "missing": self.missing, "stuck_windows": self.stuck_windows, "reseeds": self.reseeds,
+            "events": list(self.events), "target_weights": self.target_weights.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counts.copy_(state["counts"])
+        self.target_weights.copy_(state["target_weights"])
+        self.targets_on, self.balance_scale = bool(state["targets_on"]), float(state["balance_scale"])
+        self.missing, self.stuck_windows = list(state["missing"]), int(state["stuck_windows"])
+        self.reseeds, self.events = int(state["reseeds"]), list(state["events"])
 
 
 class ReplayMemory:
@@ -285,6 +460,11 @@ class DataFreeResult:
     generator: Generator
     world_size: int = 1
     batchnorm: str = ""  # for the report: where the BatchNorm prior found the teacher's layers (set by the caller)
+    batch_size: int = 0  # as run: the config's, or the one chosen from the teacher's classes
+    logit_bound: float = 0.0
+    interventions: list[str] = field(default_factory=list)  # what the coverage watch saw and did, in order
+    recipe: str = ""  # what was adapted to the teacher, and why
+    missing_classes: list[int] = field(default_factory=list)  # classes still missing in the last window
 
 
 def distil_data_free(
@@ -313,17 +493,27 @@ def distil_data_free(
     """
     device = config.device
     ranks = distributed.ranks()
-    if config.batch_size < ranks.world:
-        raise ValueError(f"batch_size {config.batch_size} is smaller than the {ranks.world} training processes")
     started = time.perf_counter()
     method = resolve_method(config.method, teacher)
-    torch.manual_seed(config.seed)
-    generator = Generator(config.noise_dim, input_shape, config.generator_width).to(device).train()
-    student.to(device).train()
     if isinstance(teacher, nn.Module):
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    with torch.no_grad():
+        num_classes = teacher(torch.zeros(2, *input_shape, device=device)).shape[1]
+    requested_batch = config.batch_size
+    config = replace(
+        config,
+        batch_size=config.batch_size or recipe_batch_size(num_classes),
+        coverage_window=config.coverage_window or max(10, config.iterations // 40),
+    )
+    if config.batch_size < ranks.world:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {ranks.world} training processes")
+    torch.manual_seed(config.seed)
+    generator = Generator(
+        config.noise_dim, input_shape, config.generator_width, num_classes, learn_range=method == "bn_prior"
+    ).to(device).train()
+    student.to(device).train()
 
     # NHWC is oneDNN's and cuDNN's fast layout for convolutions: 1.3x per iteration on
     # this CPU (MNIST, width 16); the teacher's convolutions follow their input's layout.
@@ -331,11 +521,20 @@ def distil_data_free(
         model.to(memory_format=torch.channels_last)
 
     student_opt = torch.optim.SGD(student.parameters(), lr=config.student_lr, momentum=0.9, weight_decay=config.weight_decay)
-    generator_opt = torch.optim.Adam(generator.parameters(), lr=config.generator_lr, betas=(0.5, 0.999))
+    # The learnt output range has one scale and shift a channel to move, often far (a teacher taking [0, 1]
+    # inputs wants std 0.3, not 1): it learns 10x faster than the layers that shape the images.
+    output_range = list(generator.body[-1].parameters())
+    shaping = [p for p in generator.parameters() if all(p is not q for q in output_range)]
+    generator_opt = torch.optim.Adam(
+        [{"params": shaping}, {"params": output_range, "lr": 10 * config.generator_lr}],
+        lr=config.generator_lr,
+        betas=(0.5, 0.999),
+    )
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.iterations) / config.iterations))  # noqa: E731
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, cosine) for opt in (student_opt, generator_opt)]
 
     step = 0
+    watch = CoverageWatch(num_classes, config.coverage_window, device)
     resume_from = distributed.from_leader(resume_from)
     if resume_from is not None:
         student.load_state_dict(resume_from["student"])
@@ -345,6 +544,8 @@ def distil_data_free(
         for schedule, state in zip(schedules, resume_from["schedules"]):
             schedule.load_state_dict(state)
         step = int(resume_from["step"])
+        if resume_from.get("coverage"):  # older checkpoints have none
+            watch.load_state_dict(resume_from["coverage"])
         started -= resume_from.get("wall_seconds", 0.0)  # the run's wall time counts what came before the resume
         restore_rng(resume_from, device)  # the generator's noise draws from it
     if ranks.active:  # each rank its own noise stream (a resumed run starts a fresh one)
@@ -368,9 +569,9 @@ def distil_data_free(
     tail_loss, tail_steps = 0.0, 0
     try:
         while step < config.iterations:
-            _generator_step(generator_step_model, student, teacher, generator_opt, prior, method, config, share)
+            _generator_step(generator_step_model, student, teacher, generator_opt, prior, method, config, share, watch)
             loss = sum(
-                _student_step(generator, student_step_model, teacher, student_opt, config, share, memory)
+                _student_step(generator, student_step_model, teacher, student_opt, config, share, memory, watch)
                 for _ in range(config.student_steps)
             )
             if memory is not None and len(memory) >= share:
@@ -388,6 +589,12 @@ def distil_data_free(
 
             if not math.isfinite(loss):
                 raise TrainingDivergedError(f"student loss became {loss} at iteration {step}; lower the learning rates")
+            if step % config.coverage_window == 0:
+                seen = len(watch.events)
+                if watch.judge(step, config.iterations, distributed.sum_across(watch.counts.clone())) == "reseed":
+                    _reseed(generator, generator_opt, config.seed + 7_919 * watch.reseeds)
+                if on_progress and len(watch.events) > seen:
+                    on_progress(Progress(step, config.iterations, epoch=0, loss=loss, message=watch.events[-1]))
             window_loss += loss
             window_steps += 1
             if step > config.iterations - tail:
@@ -411,6 +618,7 @@ def distil_data_free(
                     "schedules": [s.state_dict() for s in schedules],
                     **rng_state(device),
                     "replay": None if memory is None else memory.state_dict(),
+                    "coverage": watch.state_dict(),
                     "wall_seconds": time.perf_counter() - started,
                 },
             )
@@ -428,6 +636,11 @@ def distil_data_free(
         wall_seconds=time.perf_counter() - started,
         generator=generator,
         world_size=ranks.world,
+        batch_size=config.batch_size,
+        logit_bound=config.logit_bound,
+        interventions=list(watch.events),
+        missing_classes=list(watch.missing),
+        recipe=describe_recipe(config, requested_batch, num_classes, method),
     )
 
 
@@ -440,21 +653,26 @@ def _generator_step(
     method: str,
     config: DataFreeConfig,
     batch_size: int,
+    watch: CoverageWatch,
 ) -> None:
     z = torch.randn(batch_size, config.noise_dim, device=config.device)
+    labels = watch.labels(batch_size)
     with _autocast(config.device):
-        x = generator(z)
+        x = generator(z, labels)
         if prior is not None:
             prior.active = True
         teacher_logits = teacher(x).float()
         if prior is not None:
             prior.active = False
         student_logits = student(x).float()
-        # Maximise the teacher-student gap: where the student is still wrong.
-        loss = -config.adversarial_weight * F.l1_loss(student_logits, teacher_logits)
+        # Maximise the teacher-student gap: where the student is still wrong (nothing to gain past the bound).
+        loss = -config.adversarial_weight * F.l1_loss(student_logits, bounded_logits(teacher_logits, config.logit_bound))
         # Spread the teacher's classes: the negative entropy of the batch's mean prediction.
         mean_probability = teacher_logits.softmax(dim=1).mean(dim=0)
-        loss = loss + config.balance_weight * (mean_probability * mean_probability.clamp_min(1e-8).log()).sum()
+        balance = config.balance_weight * watch.balance_scale
+        loss = loss + balance * (mean_probability * mean_probability.clamp_min(1e-8).log()).sum()
+        if watch.targets_on:  # make each image the class it was asked for
+            loss = loss + config.target_weight * F.cross_entropy(teacher_logits, labels)
         if method == "bn_prior":
             assert prior is not None
             confidence = F.cross_entropy(teacher_logits, teacher_logits.argmax(dim=1))
@@ -465,6 +683,16 @@ def _generator_step(
     student.zero_grad(set_to_none=True)  # the student's gradients from this step are not its own to use
 
 
+def _reseed(generator: nn.Module, optimizer: torch.optim.Optimizer, seed: int) -> None:
+    """Start the generator afresh (same seed on every rank, so DDP's copies stay equal), its Adam state too."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        for module in generator.modules():
+            if module is not generator and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    optimizer.state.clear()
+
+
 def _student_step(
     generator: nn.Module,
     student: nn.Module,
@@ -473,11 +701,14 @@ def _student_step(
     config: DataFreeConfig,
     batch_size: int,
     memory: ReplayMemory | None,
+    watch: CoverageWatch,
 ) -> float:
     z = torch.randn(batch_size, config.noise_dim, device=config.device)
     with torch.no_grad(), _autocast(config.device):
-        x = generator(z)
+        x = generator(z, watch.labels(batch_size))
         teacher_logits = teacher(x).float()
+    watch.observe(teacher_logits)
+    teacher_logits = bounded_logits(teacher_logits, config.logit_bound)
     if memory is not None:
         memory.add(x, teacher_logits)
     return float(_fit(student, optimizer, x, teacher_logits, config.device))

@@ -79,6 +79,7 @@ class Progress:
     epoch: int
     loss: float  # mean over the steps since the previous report
     pretraining: bool = False  # in a method's first stage (hint / flow transfer)
+    message: str = ""  # worth telling people, e.g. what a data-free run did when the generator's classes vanished
 
 
 @dataclass(frozen=True)

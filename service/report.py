@@ -331,6 +331,11 @@ def _data_free_section(d: pb.DataFreeSummary) -> list[str]:
     )
     if empty:
         lines += ["", f"**No generated image was classed as {', '.join(empty)}.**"]
+    if d.recipe:
+        lines += ["", f"Recipe for this teacher: {d.recipe}."]
+    if d.interventions:
+        lines += ["", "When classes vanished from the generator's images during training:", ""]
+        lines += [f"- {event}" for event in d.interventions]
     return lines
 
 

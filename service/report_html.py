@@ -79,6 +79,12 @@ def to_html(report: pb.Report) -> str:
                 ]
             ),
         ]
+        if d.recipe:
+            parts.append(f"<p>Recipe for this teacher: {html.escape(d.recipe)}.</p>")
+        if d.interventions:
+            parts.append("<p>When classes vanished from the generator's images during training:</p><ul>")
+            parts += [f"<li>{html.escape(event)}</li>" for event in d.interventions]
+            parts.append("</ul>")
     parts += ["<h2>How it was made</h2>", "<ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in report_format.how_it_was_made(report)]
     parts += ["</ul>", "</body></html>", ""]

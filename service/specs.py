@@ -343,7 +343,7 @@ def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
         raise InvalidArgument("data_free.input_shape is required when there is no dataset to take it from")
     weights = {
         name: getattr(d, name)
-        for name in ("adversarial_weight", "bn_weight", "confidence_weight", "balance_weight")
+        for name in ("adversarial_weight", "bn_weight", "confidence_weight", "balance_weight", "target_weight", "logit_bound")
         if d.HasField(name)
     }
     default = DataFreeConfig()

@@ -310,6 +310,7 @@ class Job:
                 total_steps=p.total_steps,
                 loss=p.loss,
                 metrics={"epoch": p.epoch, "pretraining": float(p.pretraining)},
+                message=p.message,
             ),
         )
 
@@ -613,12 +614,12 @@ class Job:
         reached = reach_batchnorm(teacher.model, input_shape) if config.method != "dfad" else None
         trained_against = reached.teacher if reached else teacher.model
         method = resolve_method(config.method, trained_against)
-        described = (
+        described = lambda batch: (  # noqa: E731
             f"{method}(iterations={config.iterations}, student_steps={config.student_steps}, "
-            f"replay_steps={config.replay_steps}, batch_size={config.batch_size}, "
+            f"replay_steps={config.replay_steps}, batch_size={batch}, "
             f"generator_width={config.generator_width})"
         )
-        self.stage("distil", f"resuming from iteration {resume['step']}" if resume else described)
+        self.stage("distil", f"resuming from iteration {resume['step']}" if resume else described(config.batch_size or "from the teacher's classes"))
         with self.stop.at_step_boundaries():
             trained = distil_data_free(
                 student,
@@ -630,7 +631,7 @@ class Job:
                 stop_requested=self.stop,
             )
         summary = pb.TrainingSummary(
-            method=described,
+            method=described(trained.batch_size),
             steps=trained.iterations,
             final_loss=trained.final_loss,
             wall_seconds=trained.wall_seconds,
@@ -652,12 +653,15 @@ class Job:
             iterations=config.iterations,
             student_steps=config.student_steps,
             replay_steps=config.replay_steps,
-            batch_size=config.batch_size,
+            batch_size=result.batch_size,
             class_histogram=check.class_histogram,
             generated_samples=check.samples,
             agreement_on_generated=check.agreement,
             samples_artifact="samples.png",
             batchnorm=result.batchnorm,
+            recipe=result.recipe,
+            logit_bound=result.logit_bound,
+            interventions=result.interventions,
         )
 
     def save_student(

@@ -27,7 +27,7 @@ def test_generator_makes_the_teachers_input_shape(shape: tuple[int, int, int]) -
     generator = Generator(16, shape, width=8)
     images = generator.sample(5, batch_size=4)
     assert images.shape == (5, *shape)
-    # The last layer is a BatchNorm without affine: images live in normalised space.
+    # The last layer is a BatchNorm (without affine unless the range is learnt): images start in normalised space.
     assert abs(images.mean().item()) < 0.5 and 0.3 < images.std().item() < 2
 
 
@@ -144,6 +144,100 @@ def test_resume_gives_the_same_student(tiny_teacher: torch.nn.Module) -> None:
     assert result.wall_seconds > 1000  # the run's time, the part before the resume included
 
 
+class FewClassTeacher(torch.nn.Module):
+    """A teacher that never picks classes 2 and 3, with logits a thousand times too large: a collapse waiting to happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.head = torch.nn.Linear(28 * 28, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(x.flatten(1))
+        return 1000 * torch.cat([logits[:, :2], logits[:, 2:] - 100], dim=1)
+
+
+def test_coverage_watch_acts_in_order_and_says_what_it_did() -> None:
+    watch = datafree.CoverageWatch(num_classes=4, window=5, device="cpu")
+    collapsed = torch.tensor([500.0, 480.0, 20.0, 0.0])  # classes 2 and 3 under a quarter of their fair 250
+    assert watch.judge(5, 100, collapsed) == "targets" and watch.targets_on and watch.missing == [2, 3]
+    assert watch.target_weights.tolist() == [1.0, 1.0, 4.0, 4.0]
+    assert [watch.judge(step, 100, collapsed) for step in (10, 15, 20)] == ["balance"] * 3
+    assert watch.balance_scale == 8.0
+    assert [watch.judge(step, 100, collapsed) for step in (25, 30, 35, 40)] == ["", "", "", "reseed"]
+    assert [watch.judge(step, 100, collapsed) for step in (45, 50, 55, 60)] == ["", "", "", ""]  # past half the run
+    assert watch.judge(65, 100, torch.tensor([250.0, 250.0, 250.0, 250.0])) == ""
+    assert watch.missing == [] and watch.target_weights.tolist() == [1.0] * 4 and watch.targets_on
+    assert "2 (2.0%), 3 (0.0%)" in watch.events[0] and "class-conditional targets on" in watch.events[0]
+    assert "raised to 8x" in watch.events[3] and "re-seeded (1 of at most 2)" in watch.events[4]
+    assert watch.events[-1] == "iteration 65: every class is covered again"
+    restored = datafree.CoverageWatch(4, 5, "cpu")
+    restored.load_state_dict(copy.deepcopy(watch.state_dict()))
+    assert restored.state_dict().keys() == watch.state_dict().keys() and restored.events == watch.events
+
+
+def test_bounded_logits_are_centred_and_clamped() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0]])
+    bounded = datafree.bounded_logits(logits, 30.0)
+    torch.testing.assert_close(bounded, torch.tensor([[-1.0, 0.0, 1.0], [30.0, 0.0, -30.0]]))
+
+
+def test_a_collapsing_teacher_is_watched_acted_on_and_bounded() -> None:
+    """Classes the teacher never sees are noticed, acted on, told as progress messages; its huge logits are bounded."""
+    teacher = FewClassTeacher().eval()
+    student = models.build("lenet5_half", 4, 1)
+    seen: list[trainer.Progress] = []
+    config = _config(iterations=12, coverage_window=3, batch_size=0, logit_bound=10.0)
+    result = datafree.distil_data_free(student, teacher, SHAPE, config, on_progress=seen.append)
+    assert result.batch_size == 256  # chosen from the teacher's 4 classes
+    assert "batch 256 (16 images a class for 4 classes" in result.recipe and "every 3 iterations" in result.recipe
+    assert "class-conditional targets on" in result.interventions[0]
+    assert "balance weight raised to 2x" in result.interventions[1]
+    assert [p.message for p in seen if p.message] == result.interventions
+    assert result.missing_classes == [2, 3]  # this teacher cannot be talked into them
+    assert result.final_loss < 2 * 10.0  # L1 to logits bounded at 10: without the bound it is in the thousands
+
+
+def test_resume_brings_back_what_the_coverage_watch_knew() -> None:
+    teacher = FewClassTeacher().eval()
+    config = _config(iterations=8, coverage_window=2, checkpoint_interval_steps=3)
+    torch.manual_seed(0)
+    straight = models.build("lenet5_half", 4, 1)
+    interrupted = copy.deepcopy(straight)
+    expected = datafree.distil_data_free(straight, teacher, SHAPE, config)
+    saved: list[dict[str, Any]] = []
+
+    class Stop(Exception):
+        pass
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        saved.append(copy.deepcopy(state))
+        raise Stop
+
+    with pytest.raises(Stop):
+        datafree.distil_data_free(copy.deepcopy(interrupted), teacher, SHAPE, config, on_checkpoint=checkpoint)
+    assert saved[0]["coverage"]["targets_on"]  # the watch had acted before the checkpoint (iteration 2)
+    resumed = datafree.distil_data_free(interrupted, teacher, SHAPE, config, resume_from=saved[0])
+    assert resumed.interventions == expected.interventions
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(interrupted.state_dict()[name], value, msg=name)
+
+
+def test_generator_checkpoints_keep_labels_and_range_and_old_ones_load() -> None:
+    torch.manual_seed(0)
+    generator = Generator(16, SHAPE, width=8, num_classes=4, learn_range=True)
+    with torch.no_grad():
+        generator.label_embedding.weight.normal_()
+        generator.body[-1].bias.fill_(0.5)  # a learnt shift
+    saved = generator.to_checkpoint()
+    rebuilt = Generator.from_checkpoint(saved)
+    z, labels = torch.randn(6, 16), torch.arange(6) % 4
+    torch.testing.assert_close(rebuilt.eval()(z, labels), generator.eval()(z, labels))
+    assert abs(rebuilt.sample(64).mean().item() - 0.5) < 0.1  # the learnt range is what sample() gives
+    old = {k: v for k, v in Generator(16, SHAPE, width=8).to_checkpoint().items() if k not in ("num_classes", "learn_range")}
+    assert Generator.from_checkpoint(old).label_embedding is None  # saved before labels were learnt
+
+
 def test_check_generator_counts_classes_and_draws_a_grid(tiny_teacher: torch.nn.Module) -> None:
     generator = Generator(16, SHAPE, width=8)
     check = datafree.check_generator(generator, tiny_teacher, tiny_teacher, samples=100, per_class=3)
@@ -156,8 +250,8 @@ def test_check_generator_counts_classes_and_draws_a_grid(tiny_teacher: torch.nn.
 
 
 def test_config_rejects_nonsense() -> None:
-    with pytest.raises(ValueError, match="method.*batch_size"):
-        DataFreeConfig(method="magic", batch_size=1)
+    with pytest.raises(ValueError, match="method.*batch_size.*logit_bound"):
+        DataFreeConfig(method="magic", batch_size=1, logit_bound=0)
     for weights in ({"bn_weight": -1}, {"bn_weight": float("nan")}, {"balance_weight": float("inf")}):
         with pytest.raises(ValueError, match="weights must be finite and not negative"):
             DataFreeConfig(**weights)

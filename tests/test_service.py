@@ -403,6 +403,15 @@ def test_a_collapsed_data_free_job_fails_and_keeps_its_artifacts(client: Client,
     report = json_format.Parse(client.download(job.id, "report.json", tmp_path).read_text(), pb.Report())
     assert not any(v.recommended for v in report.variants if v.model == "student")
     assert report.summary.startswith("no student variant is recommended")
+    # What the coverage watch saw and did is in the report, and was an event of the job as it happened.
+    d = report.data_free
+    assert "3 of 4 classes rarely or never" in d.interventions[0] and "class-conditional targets on" in d.interventions[0]
+    assert "balance weight raised to 2x" in d.interventions[1]
+    assert d.recipe.startswith("batch 32 (set in the spec); class coverage judged every 10 iterations") and d.logit_bound == 30
+    told = [e.message for e in client.watch(job.id) if e.message.startswith("iteration ")]
+    assert told == list(d.interventions)
+    markdown = client.download(job.id, "report.md", tmp_path).read_text()
+    assert "When classes vanished from the generator's images during training:" in markdown
 
 
 def test_auto_picks_bn_prior_for_a_torchscript_teacher_with_batchnorm(client: Client, tmp_path: Path) -> None:

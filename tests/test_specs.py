@@ -43,7 +43,9 @@ def test_data_free_example_and_defaults(tmp_path: Path) -> None:
     plan = specs.plan(bare, (tmp_path,), cuda_devices=1)
     config = plan.data_free.config
     assert plan.dataset is None and config.method == "dfad" and config.balance_weight == 0
-    assert (config.iterations, config.student_steps, config.batch_size, config.generator_width) == (2000, 2, 256, 64)
+    # batch_size 0: chosen from the teacher's classes when the run starts (datafree.recipe_batch_size)
+    assert (config.iterations, config.student_steps, config.batch_size, config.generator_width) == (2000, 2, 0, 64)
+    assert (config.target_weight, config.logit_bound) == (1.0, 30.0)
     assert (config.replay_steps, config.replay_memory_mb) == (10, 128)
     bare.data_free.replay_steps = 0  # explicit zero: no replay, as in the papers
     assert specs.plan(bare, (tmp_path,), cuda_devices=1).data_free.config.replay_steps == 0

@@ -200,7 +200,7 @@ class BenchmarkOnlySpec(_message.Message):
     def __init__(self, student_model_id: _Optional[str] = ..., input_shape: _Optional[_Union[InputShape, _Mapping]] = ...) -> None: ...
 
 class DataFreeSpec(_message.Message):
-    __slots__ = ("method", "input_shape", "iterations", "student_steps", "batch_size", "student_learning_rate", "generator_learning_rate", "generator_width", "adversarial_weight", "balance_weight", "bn_weight", "confidence_weight", "replay_steps", "replay_memory_mb")
+    __slots__ = ("method", "input_shape", "iterations", "student_steps", "batch_size", "student_learning_rate", "generator_learning_rate", "generator_width", "adversarial_weight", "balance_weight", "bn_weight", "confidence_weight", "replay_steps", "replay_memory_mb", "target_weight", "logit_bound")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,8 @@ class DataFreeSpec(_message.Message):
     CONFIDENCE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     REPLAY_STEPS_FIELD_NUMBER: _ClassVar[int]
     REPLAY_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    TARGET_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BOUND_FIELD_NUMBER: _ClassVar[int]
     method: DataFreeMethod
     input_shape: InputShape
     iterations: int
@@ -229,7 +231,9 @@ class DataFreeSpec(_message.Message):
     confidence_weight: float
     replay_steps: int
     replay_memory_mb: int
-    def __init__(self, method: _Optional[_Union[DataFreeMethod, str]] = ..., input_shape: _Optional[_Union[InputShape, _Mapping]] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., student_learning_rate: _Optional[float] = ..., generator_learning_rate: _Optional[float] = ..., generator_width: _Optional[int] = ..., adversarial_weight: _Optional[float] = ..., balance_weight: _Optional[float] = ..., bn_weight: _Optional[float] = ..., confidence_weight: _Optional[float] = ..., replay_steps: _Optional[int] = ..., replay_memory_mb: _Optional[int] = ...) -> None: ...
+    target_weight: float
+    logit_bound: float
+    def __init__(self, method: _Optional[_Union[DataFreeMethod, str]] = ..., input_shape: _Optional[_Union[InputShape, _Mapping]] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., student_learning_rate: _Optional[float] = ..., generator_learning_rate: _Optional[float] = ..., generator_width: _Optional[int] = ..., adversarial_weight: _Optional[float] = ..., balance_weight: _Optional[float] = ..., bn_weight: _Optional[float] = ..., confidence_weight: _Optional[float] = ..., replay_steps: _Optional[int] = ..., replay_memory_mb: _Optional[int] = ..., target_weight: _Optional[float] = ..., logit_bound: _Optional[float] = ...) -> None: ...
 
 class InputShape(_message.Message):
     __slots__ = ("channels", "height", "width")
@@ -677,7 +681,7 @@ class LatencyPick(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., runtime: _Optional[str] = ..., batch_size: _Optional[int] = ..., p50_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ...) -> None: ...
 
 class DataFreeSummary(_message.Message):
-    __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact", "replay_steps", "batchnorm")
+    __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact", "replay_steps", "batchnorm", "recipe", "logit_bound", "interventions")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     STUDENT_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -688,6 +692,9 @@ class DataFreeSummary(_message.Message):
     SAMPLES_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     REPLAY_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCHNORM_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BOUND_FIELD_NUMBER: _ClassVar[int]
+    INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
     method: str
     iterations: int
     student_steps: int
@@ -698,7 +705,10 @@ class DataFreeSummary(_message.Message):
     samples_artifact: str
     replay_steps: int
     batchnorm: str
-    def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ..., replay_steps: _Optional[int] = ..., batchnorm: _Optional[str] = ...) -> None: ...
+    recipe: str
+    logit_bound: float
+    interventions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ..., replay_steps: _Optional[int] = ..., batchnorm: _Optional[str] = ..., recipe: _Optional[str] = ..., logit_bound: _Optional[float] = ..., interventions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("architecture", "parameters", "macs", "num_classes", "input_shape")
