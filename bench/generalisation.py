@@ -203,7 +203,8 @@ def run_job(client: Client, spec: pb.JobSpec) -> tuple[str, float, float, str, f
     job = client.wait(job.id)
     seconds = time.perf_counter() - started
     state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
-    if job.state != pb.JOB_STATE_SUCCEEDED and job.error.code != 9  # FAILED_PRECONDITION: judged, with a report:
+    judged = job.error.code == 9  # FAILED_PRECONDITION: the student was judged unfit, and the report is there
+    if job.state != pb.JOB_STATE_SUCCEEDED and not judged:
         return state, math.nan, math.nan, job.error.message, seconds
     report = client.report(job.id)
     teacher, student = report.variants[0], report.variants[1]
