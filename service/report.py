@@ -88,6 +88,26 @@ def _judge_students(report: pb.Report) -> None:
             v.note = f"{why}; {v.note}" if v.note else why
 
 
+def data_free_failure(report: pb.Report) -> str:
+    """Why a data-free job must end FAILED rather than ship its student; "" when it may succeed.
+
+    Labels decide when the job has them (the FP32 student near chance); without
+    them, the generator's images do (``judge_data_free``). A student far below its
+    teacher but above chance is only not recommended, as after KD.
+    """
+    student = next((v for v in report.variants if v.model == "student"), None)
+    classes = report.teacher.num_classes
+    if student is not None and student.HasField("accuracy"):
+        if classes > 1 and near_chance(student.accuracy.top1, classes):
+            return (
+                f"the student scores {student.accuracy.top1:.2f}% top-1 on {student.accuracy.samples} validation "
+                f"images, near chance ({100 / classes:.0f}% for {classes} classes): it did not learn the teacher"
+            )
+        return ""
+    d = report.data_free
+    return judge_data_free(list(d.class_histogram), d.agreement_on_generated)
+
+
 def _pick(v: pb.Variant, lat: pb.Latency) -> pb.LatencyPick:
     return pb.LatencyPick(
         variant=v.name, runtime=v.runtime, batch_size=lat.batch_size, p50_ms=lat.p50_ms, throughput_per_s=lat.throughput_per_s

@@ -43,7 +43,6 @@ from distill.datafree import (
     Generator,
     check_generator,
     distil_data_free,
-    judge_data_free,
     resolve_method,
 )
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
@@ -428,9 +427,8 @@ class Job:
             self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
         self.checkpoint_path.unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
-        if student.data_free is not None and not splits:  # nothing but the generator to judge it by
-            d = student.data_free
-            why = judge_data_free(list(d.class_histogram), d.agreement_on_generated)
+        if student.data_free is not None:
+            why = report_format.data_free_failure(report)
             if why:
                 raise DataFreeFailedError(f"{why}; its student, report and samples are kept for inspection (DownloadArtifact)")
 

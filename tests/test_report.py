@@ -145,3 +145,18 @@ def test_a_collapsed_data_free_student_without_labels_is_never_recommended() -> 
     assert not guessing.variants[1].recommended and "near chance" in guessing.summary
     healthy = unlabelled([205] * 10, 91.0)
     assert healthy.variants[1].recommended and healthy.summary.startswith("student is 4.0x faster")
+
+
+def test_a_data_free_job_fails_on_a_student_at_chance_whether_labels_or_the_generator_say_so() -> None:
+    """Labels decide when the job has them (the issue's case: the test split scored a 10% student that SUCCEEDED)."""
+    collapsed = pb.DataFreeSummary(class_histogram=[1180, 850, 10, 8, 0, 0, 0, 0, 0, 0], generated_samples=2048,
+                                   agreement_on_generated=80.0)
+    at_chance = _finished(98.30, 10.32)
+    at_chance.data_free.CopyFrom(pb.DataFreeSummary(class_histogram=[205] * 10, agreement_on_generated=9.4))
+    assert report_format.data_free_failure(at_chance).startswith("the student scores 10.32% top-1 on 200 validation images, near chance")
+    far_below = _finished(98.30, 60.0)
+    far_below.data_free.CopyFrom(collapsed)  # labels outrank the generator: the student learnt something
+    assert report_format.data_free_failure(far_below) == "" and not far_below.variants[1].recommended
+    unlabelled = pb.Report(teacher=pb.ModelCard(num_classes=10), data_free=collapsed,
+                           variants=[pb.Variant(model="student", runtime="pytorch")])
+    assert "covers 2 of 10 classes" in report_format.data_free_failure(unlabelled)
