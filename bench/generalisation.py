@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from google.protobuf import json_format
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -206,7 +207,11 @@ def run_job(client: Client, spec: pb.JobSpec) -> tuple[str, float, float, str, f
     judged = job.error.code == 9  # FAILED_PRECONDITION: the student was judged unfit, and the report is there
     if job.state != pb.JOB_STATE_SUCCEEDED and not judged:
         return state, math.nan, math.nan, job.error.message, seconds
-    report = client.report(job.id)
+    if judged:  # GetReport serves succeeded jobs; a failed one's report is among its artifacts
+        with tempfile.TemporaryDirectory() as tmp:
+            report = json_format.Parse(client.download(job.id, "report.json", Path(tmp)).read_text(), pb.Report())
+    else:
+        report = client.report(job.id)
     teacher, student = report.variants[0], report.variants[1]
     method = report.data_free.method if report.HasField("data_free") else "kd"
     if report.HasField("input_convention"):
