@@ -145,8 +145,9 @@ class Generator(nn.Module):
     the excess (odd sizes such as 28 or 224 work the same way).
 
     With ``num_classes`` the noise is shifted by a learnt embedding of the
-    label. It starts at zero, so until class-conditional targets are turned
-    on the generator is the unconditional one. ``learn_range`` gives the last
+    label. It starts at zero, and until class-conditional targets are turned
+    on nothing asks the images to depend on it (only the adversarial and
+    balance terms move it). ``learn_range`` gives the last
     BatchNorm a learnt per-channel scale and shift (see the module's notes).
     """
 
@@ -318,14 +319,13 @@ class CoverageWatch:
     MAX_RESEEDS = 2
     MISSING_BOOST = 4.0  # a missing class is drawn as a target this many times as often as a covered one
 
-    def __init__(self, num_classes: int, window: int, device: str) -> None:
+    def __init__(self, num_classes: int, device: str) -> None:
         self.num_classes = num_classes
-        self.window = window
         self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.targets_on = False
         self.balance_scale = 1.0
         self.missing: list[int] = []
-        self.stuck_windows = 0  # consecutive windows with classes missing since the last action that could not go further
+        self.stuck_windows = 0  # windows with classes missing since the balance weight reached its cap (or the last re-seed)
         self.reseeds = 0
         self.events: list[str] = []
         self.target_weights = torch.ones(num_classes, device=device)
@@ -534,7 +534,7 @@ def distil_data_free(
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, cosine) for opt in (student_opt, generator_opt)]
 
     step = 0
-    watch = CoverageWatch(num_classes, config.coverage_window, device)
+    watch = CoverageWatch(num_classes, device)
     resume_from = distributed.from_leader(resume_from)
     if resume_from is not None:
         student.load_state_dict(resume_from["student"])

@@ -341,7 +341,7 @@ def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
         input_shape = _input_shape(d.input_shape, "data_free.input_shape")
     elif not spec.HasField("dataset"):
         raise InvalidArgument("data_free.input_shape is required when there is no dataset to take it from")
-    weights = {
+    explicit = {  # optional fields: an explicit 0 means 0, not the default
         name: getattr(d, name)
         for name in ("adversarial_weight", "bn_weight", "confidence_weight", "balance_weight", "target_weight", "logit_bound")
         if d.HasField(name)
@@ -361,7 +361,7 @@ def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
             seed=training.seed,
             checkpoint_interval_steps=t.checkpoint_interval_steps or 100,
             device=training.device,
-            **{name: _digits(value) for name, value in weights.items()},
+            **{name: _digits(value) for name, value in explicit.items()},
         )
     except ValueError as e:
         raise InvalidArgument(f"data_free: {e}") from e

@@ -158,7 +158,7 @@ class FewClassTeacher(torch.nn.Module):
 
 
 def test_coverage_watch_acts_in_order_and_says_what_it_did() -> None:
-    watch = datafree.CoverageWatch(num_classes=4, window=5, device="cpu")
+    watch = datafree.CoverageWatch(num_classes=4, device="cpu")
     collapsed = torch.tensor([500.0, 480.0, 20.0, 0.0])  # classes 2 and 3 under a quarter of their fair 250
     assert watch.judge(5, 100, collapsed) == "targets" and watch.targets_on and watch.missing == [2, 3]
     assert watch.target_weights.tolist() == [1.0, 1.0, 4.0, 4.0]
@@ -171,7 +171,7 @@ def test_coverage_watch_acts_in_order_and_says_what_it_did() -> None:
     assert "2 (2.0%), 3 (0.0%)" in watch.events[0] and "class-conditional targets on" in watch.events[0]
     assert "raised to 8x" in watch.events[3] and "re-seeded (1 of at most 2)" in watch.events[4]
     assert watch.events[-1] == "iteration 65: every class is covered again"
-    restored = datafree.CoverageWatch(4, 5, "cpu")
+    restored = datafree.CoverageWatch(4, "cpu")
     restored.load_state_dict(copy.deepcopy(watch.state_dict()))
     assert restored.state_dict().keys() == watch.state_dict().keys() and restored.events == watch.events
 
