@@ -321,6 +321,7 @@ class CoverageWatch:
 
     def __init__(self, num_classes: int, device: str) -> None:
         self.num_classes = num_classes
+        self.device = device
         self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.targets_on = False
         self.balance_scale = 1.0
@@ -328,10 +329,16 @@ class CoverageWatch:
         self.stuck_windows = 0  # windows with classes missing since the balance weight reached its cap (or the last re-seed)
         self.reseeds = 0
         self.events: list[str] = []
-        self.target_weights = torch.ones(num_classes, device=device)
 
     def observe(self, teacher_logits: torch.Tensor) -> None:
         self.counts += teacher_logits.argmax(dim=1).bincount(minlength=self.num_classes).to(self.counts)
+
+    @property
+    def target_weights(self) -> torch.Tensor:
+        """How often each class is drawn as a label: missing classes ``MISSING_BOOST`` times as often."""
+        weights = torch.ones(self.num_classes, device=self.device)
+        weights[self.missing] = self.MISSING_BOOST
+        return weights
 
     def labels(self, count: int) -> torch.Tensor:
         """Class labels for a batch: uniform, with missing classes boosted."""
@@ -349,12 +356,9 @@ class CoverageWatch:
         if not missing:
             if self.missing:
                 self.events.append(f"iteration {step}: every class is covered again")
-                self.target_weights.fill_(1.0)
             self.missing, self.stuck_windows = [], 0
             return ""
         self.missing = missing
-        self.target_weights.fill_(1.0)
-        self.target_weights[missing] = self.MISSING_BOOST
         seen = f"iteration {step}: the teacher saw {len(missing)} of {self.num_classes} classes rarely or never in the last {int(total)} generated images ({', '.join(share(c) for c in missing[:10])}{', ...' if len(missing) > 10 else ''})"
         if not self.targets_on:
             self.targets_on = True
@@ -377,12 +381,11 @@ class CoverageWatch:
         return {
             "counts": self.counts.cpu(), "targets_on": self.targets_on, "balance_scale": self.balance_scale,
             "missing": self.missing, "stuck_windows": self.stuck_windows, "reseeds": self.reseeds,
-            "events": list(self.events), "target_weights": self.target_weights.cpu(),
+            "events": list(self.events),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counts.copy_(state["counts"])
-        self.target_weights.copy_(state["target_weights"])
         self.targets_on, self.balance_scale = bool(state["targets_on"]), float(state["balance_scale"])
         self.missing, self.stuck_windows = list(state["missing"]), int(state["stuck_windows"])
         self.reseeds, self.events = int(state["reseeds"]), list(state["events"])
