@@ -227,6 +227,7 @@ def main() -> None:
     p.add_argument("--fashion-root", type=Path, default=DATASETS, help="torchvision root holding FashionMNIST/raw")
     p.add_argument("--data-free-iterations", type=int, default=700, help="the README's MNIST recipe: 700")
     p.add_argument("--skip-data-free", action="store_true")
+    p.add_argument("--skip-kd", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "generalisation.md")
     args = p.parse_args()
     cases = [c for c in CASES if not args.only or any(o in c.name for o in args.only)]
@@ -246,7 +247,7 @@ def main() -> None:
                     model = client.upload(path, name=case.name, architecture=case.architecture if case.fmt == "state_dict" else "",
                                           model_format=FORMATS[case.fmt])
                     dataset = dataset_spec(case, cifar_root)
-                    specs = [("kd", kd_spec(model.id, case, dataset))]
+                    specs = [] if args.skip_kd else [("kd", kd_spec(model.id, case, dataset))]
                     if not args.skip_data_free:
                         specs.append(("data-free", data_free_spec(model.id, case, dataset, splits.train.input_shape, args.data_free_iterations)))
                     for kind, spec in specs:

@@ -63,33 +63,69 @@ def test_dfad_learns_the_teacher_without_seeing_data(tiny_teacher: torch.nn.Modu
     assert top1 > 60
 
 
-def test_bn_prior_pulls_generated_statistics_to_the_teachers() -> None:
+def _bn_teacher() -> torch.nn.Module:
+    """A ResNet-8 whose BatchNorm layers hold the running statistics of real (generated) data, as a trained one's do."""
     torch.manual_seed(0)
     teacher = models.build("resnet8_cifar", 4, 1)
-    # Running statistics of real data, as a trained teacher has them (one cumulative pass).
     splits = data.Splits(*data.generated_splits(**TINY_DATA))
     with torch.no_grad():
         for layer in datafree.batchnorm_layers(teacher):
-            layer.momentum = None
+            layer.momentum = None  # one cumulative pass
         teacher.train()(splits.normalization.apply(splits.train.images[:400]))
-    teacher.eval()
+    return teacher.eval()
+
+
+def _prior_gap(teacher: torch.nn.Module, generator: Generator) -> float:
+    """How far the teacher's BatchNorm inputs on fresh generated images are from its running statistics."""
     prior = datafree._BatchNormPrior(datafree.batchnorm_layers(teacher))
+    prior.active = True
+    with torch.no_grad():
+        teacher(generator.sample(64, 64))
+    prior.remove()
+    return prior.take().item()
 
-    def gap(generator: Generator) -> float:
-        prior.active = True
-        with torch.no_grad():
-            teacher(generator.sample(64, 64))
-        prior.active = False
-        return prior.take().item()
 
+def test_bn_prior_pulls_generated_statistics_to_the_teachers() -> None:
+    teacher = _bn_teacher()
     config = _config(method="bn_prior", iterations=40, adversarial_weight=0.0, confidence_weight=0.0, balance_weight=0.0)
     torch.manual_seed(config.seed)
-    before = gap(Generator(config.noise_dim, SHAPE, config.generator_width))  # the trained one's init
+    before = _prior_gap(teacher, Generator(config.noise_dim, SHAPE, config.generator_width))  # the trained one's init
     result = datafree.distil_data_free(models.build("lenet5_half", 4, 1), teacher, SHAPE, config)
     assert result.method == "bn_prior"
-    assert gap(result.generator) < 0.5 * before  # measured: 1.88 -> 0.66
-    prior.remove()
+    assert _prior_gap(teacher, result.generator) < 0.5 * before
     assert not any(layer._forward_pre_hooks for layer in datafree.batchnorm_layers(teacher))  # training left none behind
+
+
+def test_bn_prior_warms_the_generator_up_before_the_student_trains() -> None:
+    """The student's first images already sit where the teacher's BatchNorm statistics say its inputs lie."""
+    teacher = _bn_teacher()
+    gaps, results = [], []
+    for warmup in (0, 15):
+        seen: list[trainer.Progress] = []
+        config = _config(method="bn_prior", iterations=1, warmup_steps=warmup)
+        results.append(datafree.distil_data_free(models.build("lenet5_half", 4, 1), teacher, SHAPE, config, on_progress=seen.append))
+        gaps.append(_prior_gap(teacher, results[-1].generator))
+    assert gaps[1] < 0.5 * gaps[0], gaps
+    assert seen[0].message.startswith("generator warm-up: 15 steps") and seen[0].step == 0
+    assert "warmed up for 15 steps" in results[1].recipe and "warmed up" not in results[0].recipe
+    default = _config(method="bn_prior", iterations=400)
+    assert default.warmup_steps == -1  # resolved from the iterations: 400 / 20 = 20 steps (see the recipe)
+
+
+def test_gradient_guard_caps_a_runaway_step_and_leaves_normal_ones() -> None:
+    weight = torch.nn.Parameter(torch.zeros(4))
+    guard = datafree.GradientGuard("cpu")
+
+    def step(value: float) -> float:
+        weight.grad = torch.full_like(weight, value)  # norm 2 * value
+        guard.clip([weight])
+        return weight.grad.norm().item()
+
+    assert step(1.0) == pytest.approx(2.0)  # the first step sets the average
+    assert step(1.2) == pytest.approx(2.4)  # normal steps pass untouched
+    average = 0.9 * 2.0 + 0.1 * 2.4
+    assert step(100.0) == pytest.approx(3 * average)  # a spike is capped at 3x the average
+    assert guard.average.item() == pytest.approx(0.9 * average + 0.1 * 3 * average)  # and moves it only that far
 
 
 def test_replay_memory_keeps_an_even_sample_of_the_whole_run() -> None:

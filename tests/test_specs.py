@@ -49,7 +49,7 @@ def test_data_free_example_and_defaults(tmp_path: Path) -> None:
     assert (config.replay_steps, config.replay_memory_mb) == (10, 128)
     bare.data_free.replay_steps = 0  # explicit zero: no replay, as in the papers
     assert specs.plan(bare, (tmp_path,), cuda_devices=1).data_free.config.replay_steps == 0
-    assert config.bn_weight == 1.0 and config.student_lr == pytest.approx(0.1)
+    assert config.bn_weight == 10.0 and config.student_lr == pytest.approx(0.1)
 
 
 def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
