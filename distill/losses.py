@@ -1,22 +1,27 @@
-"""Distillation losses from the literature, combined as a weighted sum.
+"""Distillation losses: the method registry and the weighted sum a job trains on.
 
-Each method is one ``Loss`` module. It reads what a training step produced
-(``Step``: logits, labels, tapped features) and may own learned adapters,
-which train with the student and are dropped afterwards. Methods with a
-preliminary stage (FitNets' hint training, FSP's flow transfer) return their
-stage-one loss from ``pretrain_loss``; the trainer runs that stage first.
+Each method is one ``Loss`` subclass in its own file under ``distill/methods``,
+registered by name. The class says everything the rest of the system needs:
+its parameters with defaults and bounds (spec validation reads them), what it
+needs (teacher, labels, the teacher's internals, a second view), its
+layer-pair rule, and how to build itself for a teacher and student. It reads
+what a training step produced (``Step``: logits, labels, tapped features) and
+may own learned adapters, which train with the student and are dropped
+afterwards. Methods with a preliminary stage (FitNets' hint training, FSP's
+flow transfer) return their stage-one loss from ``pretrain_loss``; the
+trainer runs that stage first.
 
-Method configs (``*Config``) are plain values a job spec maps onto;
-``build_loss`` turns them into modules for a given teacher and student,
-pairing their feature maps by spatial size when no layers are named.
+A new method is one file in ``distill/methods`` (and one proto message for
+the API): ``python -m distill.losses`` prints the README's method table.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill import features
@@ -36,13 +41,63 @@ class Step:
     second_features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Loss(nn.Module):
-    """One method's loss. Subclasses say what they need; the trainer provides it."""
+@dataclass(frozen=True)
+class Param:
+    """One numeric parameter of a method: its default (what 0 or unset in a spec means) and bounds."""
 
-    needs_teacher = True
-    needs_labels = False
+    default: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One loss term as a job asks for it: the method's name, weight and parameters.
+
+    ``layers`` are (teacher path, student path) pairs; empty means pair the
+    models' stages automatically.
+    """
+
+    method: str
+    weight: float = 1.0
+    params: dict[str, float] = field(default_factory=dict)
+    layers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def uses_features(self) -> bool:
+        return method(self.method).needs_teacher_features
+
+    def param(self, name: str) -> float:
+        """The value asked for, or the method's default."""
+        return self.params.get(name, method(self.method).params[name].default)
+
+
+class Loss(nn.Module):
+    """One method's loss. Subclasses say what they are and need; the trainer provides it."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for the README's method table
+    params: ClassVar[dict[str, Param]] = {}
+    needs_teacher: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = False
+    needs_teacher_features: ClassVar[bool] = False  # the teacher's internals: a state_dict teacher only
+    layer_pairs: ClassVar[tuple[int, float]] = (0, 0)  # how many named layer pairs it takes (none: pair automatically)
     views = 1  # 2: the student also sees a second distortion of each batch
     pretrain_epochs = 0
+
+    @classmethod
+    def build(
+        cls, config: MethodConfig, teacher: nn.Module | None, student: nn.Module, input_shape: tuple[int, int, int]
+    ) -> Loss:
+        """This method's loss for a teacher and student (adapters sized to their feature maps)."""
+        return cls(**{name: config.param(name) for name in cls.params})
+
+    def check(self, **values: float) -> None:
+        """Refuse values outside the method's declared bounds (the spec's validation uses the same ones)."""
+        for param, value in values.items():
+            bounds = self.params[param]
+            if not bounds.low <= value <= bounds.high:
+                raise ValueError(f"{self.name} {param} must be in [{bounds.low:g}, {bounds.high:g}], got {value:g}")
 
     def teacher_layers(self) -> list[str]:
         return []
@@ -58,220 +113,38 @@ class Loss(nn.Module):
         return None
 
 
-def _require_labels(step: Step, method: str) -> torch.Tensor:
+REGISTRY: dict[str, type[Loss]] = {}
+
+
+def register(cls: type[Loss]) -> type[Loss]:
+    """Class decorator: makes a method known by its ``name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method(name: str) -> type[Loss]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def require_labels(step: Step, method_name: str) -> torch.Tensor:
     if step.labels is None:
-        raise ValueError(f"{method} needs labelled data")
+        raise ValueError(f"{method_name} needs labelled data")
     return step.labels
 
 
-# ------------------------------------------------------------------ logits
-
-
-class KnowledgeDistillation(Loss):
-    """Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network".
-
-    ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
-    The T^2 factor keeps the soft-target gradients on the scale of the hard
-    ones when T changes. Without labels the CE term is dropped and the KL term
-    carries the whole weight.
-    """
-
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9) -> None:
-        super().__init__()
-        if not 0 < temperature <= 100:
-            raise ValueError(f"kd temperature must be in (0, 100], got {temperature}")
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"kd alpha must be in [0, 1], got {alpha}")
-        self.temperature, self.alpha = temperature, alpha
-
-    def extra_repr(self) -> str:
-        return f"T={self.temperature:g}, alpha={self.alpha:g}"
-
-    def forward(self, step: Step) -> torch.Tensor:
-        assert step.teacher_logits is not None
-        t = self.temperature
-        soft = F.kl_div(
-            F.log_softmax(step.student_logits.float() / t, dim=1),
-            F.log_softmax(step.teacher_logits.float() / t, dim=1),
-            reduction="batchmean",
-            log_target=True,
-        ) * (t * t)
-        if step.labels is None:
-            return soft
-        return self.alpha * soft + (1 - self.alpha) * F.cross_entropy(step.student_logits.float(), step.labels)
-
-
-class CrossEntropy(Loss):
-    """Hard labels only: the student trained alone (the baseline)."""
-
-    needs_teacher = False
-    needs_labels = True
-
-    def forward(self, step: Step) -> torch.Tensor:
-        return F.cross_entropy(step.student_logits.float(), _require_labels(step, "cross_entropy"))
-
-
-# ---------------------------------------------------------------- features
-
-
-class FitNet(Loss):
-    """Romero et al. (2015), "FitNets: Hints for Thin Deep Nets".
-
-    Stage one trains the student up to its guided layer, through a learned
-    regressor, to reproduce the teacher's hint layer:
-    ``1/2 * ||hint - regressor(guided)||^2`` per sample, averaged over the
-    batch. Stage two is the task (pair it with ``kd``); this term adds
-    nothing there.
-    """
-
-    def __init__(self, hint: str, guided: str, regressor: nn.Module, hint_epochs: int = 2) -> None:
-        super().__init__()
-        self.hint, self.guided, self.regressor = hint, guided, regressor
-        self.pretrain_epochs = hint_epochs
-
-    def extra_repr(self) -> str:
-        return f"hint={self.hint}, guided={self.guided}, hint_epochs={self.pretrain_epochs}"
-
-    def teacher_layers(self) -> list[str]:
-        return [self.hint]
-
-    def student_layers(self) -> list[str]:
-        return [self.guided]
-
-    def pretrain_loss(self, step: Step) -> torch.Tensor:
-        diff = self.regressor(step.student_features[self.guided].float()) - step.teacher_features[self.hint].float()
-        return 0.5 * diff.pow(2).flatten(1).sum(1).mean()
-
-    def forward(self, step: Step) -> torch.Tensor:
-        return step.student_logits.new_zeros((), dtype=torch.float32)
-
-
-def attention_map(x: torch.Tensor) -> torch.Tensor:
-    """Zagoruyko & Komodakis: the mean over channels of squared activations, flattened and L2-normalised."""
-    return F.normalize(x.float().pow(2).mean(1).flatten(1), dim=1)
-
-
-class AttentionTransfer(Loss):
-    """Zagoruyko & Komodakis (2017), "Paying More Attention to Attention", p = 2.
-
-    ``beta / 2 * sum over pairs of mean((Q_s - Q_t)^2)`` with Q the normalised
-    attention maps; the mean runs over batch and positions, as in the
-    authors' code, for which beta = 1000 is calibrated. Pair with ``kd`` or
-    ``cross_entropy`` for the task.
-    """
-
-    def __init__(self, pairs: list[tuple[str, str]], beta: float = 1000.0) -> None:
-        super().__init__()
-        if not pairs:
-            raise ValueError("attention needs at least one layer pair")
-        self.pairs, self.beta = pairs, beta
-
-    def extra_repr(self) -> str:
-        return f"pairs={self.pairs}, beta={self.beta:g}"
-
-    def teacher_layers(self) -> list[str]:
-        return [t for t, _ in self.pairs]
-
-    def student_layers(self) -> list[str]:
-        return [s for _, s in self.pairs]
-
-    def forward(self, step: Step) -> torch.Tensor:
-        total = step.student_logits.new_zeros((), dtype=torch.float32)
-        for t, s in self.pairs:
-            a_s, a_t = attention_map(step.student_features[s]), attention_map(step.teacher_features[t])
-            total = total + (a_s - a_t).pow(2).mean()
-        return self.beta / 2 * total
-
-
-def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Yim et al.: G = F1^T F2 / (h * w), batch x c1 x c2. The larger map is pooled to the smaller's size."""
-    first, second = first.float(), second.float()
-    if first.shape[2:] != second.shape[2:]:
-        size = min(first.shape[2:], second.shape[2:], key=lambda s: s[0] * s[1])
-        first, second = F.adaptive_avg_pool2d(first, size), F.adaptive_avg_pool2d(second, size)
-    h, w = first.shape[2:]
-    return torch.bmm(first.flatten(2), second.flatten(2).transpose(1, 2)) / (h * w)
-
-
-class FlowOfSolutionProcedure(Loss):
-    """Yim et al. (CVPR 2017), "A Gift from Knowledge Distillation" (FSP).
-
-    Stage one makes the student's FSP matrices between consecutive stages
-    match the teacher's: ``mean over pairs of ||G_t - G_s||^2`` (summed over
-    matrix entries, averaged over the batch). Stage two is the task (pair with
-    ``cross_entropy`` or ``kd``). When channel counts differ, 1x1 adapters
-    lift the student's maps to the teacher's widths.
-    """
-
-    def __init__(self, pairs: list[tuple[str, str]], adapters: dict[str, nn.Module], flow_epochs: int = 2) -> None:
-        super().__init__()
-        if len(pairs) < 2:
-            raise ValueError("fsp needs at least two layer pairs (one flow between them)")
-        self.pairs = pairs
-        self.adapters = nn.ModuleDict({k.replace(".", "__"): m for k, m in adapters.items()})
-        self.pretrain_epochs = flow_epochs
-
-    def extra_repr(self) -> str:
-        return f"pairs={self.pairs}, flow_epochs={self.pretrain_epochs}"
-
-    def teacher_layers(self) -> list[str]:
-        return [t for t, _ in self.pairs]
-
-    def student_layers(self) -> list[str]:
-        return [s for _, s in self.pairs]
-
-    def _student_map(self, step: Step, layer: str) -> torch.Tensor:
-        x = step.student_features[layer]
-        key = layer.replace(".", "__")
-        return self.adapters[key](x) if key in self.adapters else x
-
-    def pretrain_loss(self, step: Step) -> torch.Tensor:
-        total = step.student_logits.new_zeros((), dtype=torch.float32)
-        for (t1, s1), (t2, s2) in zip(self.pairs, self.pairs[1:]):
-            g_t = fsp_matrix(step.teacher_features[t1], step.teacher_features[t2])
-            g_s = fsp_matrix(self._student_map(step, s1), self._student_map(step, s2))
-            total = total + (g_t - g_s).pow(2).flatten(1).sum(1).mean()
-        return total / (len(self.pairs) - 1)
-
-    def forward(self, step: Step) -> torch.Tensor:
-        return step.student_logits.new_zeros((), dtype=torch.float32)
-
-
-class SelfDistillation(Loss):
-    """Xu & Liu (AAAI 2019), "Data-Distortion Guided Self-Distillation for Deep Neural Networks".
-
-    One network sees two distortions of each image:
-    ``CE(z1, y) + CE(z2, y) + kl_weight * (KL(p1 || p2) + KL(p2 || p1))
-    + mmd_weight * MMD(f1, f2)``, with MMD the squared distance between the
-    batch means of the two embeddings (linear kernel). No teacher is used.
-    """
-
-    needs_teacher = False
-    needs_labels = True
-    views = 2
-
-    def __init__(self, embedding: str, kl_weight: float = 1.0, mmd_weight: float = 1.0) -> None:
-        super().__init__()
-        self.embedding, self.kl_weight, self.mmd_weight = embedding, kl_weight, mmd_weight
-
-    def extra_repr(self) -> str:
-        return f"kl_weight={self.kl_weight:g}, mmd_weight={self.mmd_weight:g}"
-
-    def student_layers(self) -> list[str]:
-        return [self.embedding]
-
-    def forward(self, step: Step) -> torch.Tensor:
-        labels = _require_labels(step, "self_distill")
-        assert step.second_logits is not None
-        z1, z2 = step.student_logits.float(), step.second_logits.float()
-        log_p1, log_p2 = F.log_softmax(z1, dim=1), F.log_softmax(z2, dim=1)
-        kl = F.kl_div(log_p2, log_p1, reduction="batchmean", log_target=True) + F.kl_div(
-            log_p1, log_p2, reduction="batchmean", log_target=True
-        )
-        f1 = step.student_features[self.embedding].float().flatten(1)
-        f2 = step.second_features[self.embedding].float().flatten(1)
-        mmd = (f1.mean(0) - f2.mean(0)).pow(2).sum()
-        return F.cross_entropy(z1, labels) + F.cross_entropy(z2, labels) + self.kl_weight * kl + self.mmd_weight * mmd
+def paired_layers(config: MethodConfig, teacher: nn.Module, student: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, str]]:
+    """The pairs a job named (checked to exist), or the models' stages paired by spatial size."""
+    if config.layers:
+        for t, s in config.layers:
+            features.module_by_path(teacher, t)
+            features.module_by_path(student, s)
+        return list(config.layers)
+    return [(t[0], s[0]) for t, s in features.pair_stages(teacher, student, input_shape)]
 
 
 class WeightedLoss(nn.Module):
@@ -312,7 +185,7 @@ class WeightedLoss(nn.Module):
     def __str__(self) -> str:
         parts = []
         for w, t in zip(self.weights, self.terms):
-            name = f"{METHOD_NAMES[type(t)]}({t.extra_repr()})" if t.extra_repr() else METHOD_NAMES[type(t)]
+            name = f"{t.name}({t.extra_repr()})" if t.extra_repr() else t.name
             parts.append(name if w == 1 else f"{w:g}*{name}")
         return " + ".join(parts)
 
@@ -325,41 +198,10 @@ class WeightedLoss(nn.Module):
         return total
 
 
-METHOD_NAMES: dict[type[Loss], str] = {
-    KnowledgeDistillation: "kd",
-    CrossEntropy: "cross_entropy",
-    FitNet: "fitnet",
-    AttentionTransfer: "attention",
-    FlowOfSolutionProcedure: "fsp",
-    SelfDistillation: "self_distill",
-}
-
-
-# ------------------------------------------------------------ construction
-
-
 FEATURES_NEED_MODULES = (
     "needs the teacher's internals: upload it as a state_dict with a registry architecture; "
-    "TorchScript, torch.export and ONNX teachers distil with kd only"
+    "TorchScript, torch.export and ONNX teachers distil with logit methods only"
 )
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """One loss term as a job asks for it: the method's name, weight and parameters.
-
-    ``layers`` are (teacher path, student path) pairs; empty means pair the
-    models' stages automatically.
-    """
-
-    method: str
-    weight: float = 1.0
-    params: dict[str, float] = field(default_factory=dict)
-    layers: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def uses_features(self) -> bool:
-        return self.method in ("fitnet", "attention", "fsp")
 
 
 def build_loss(
@@ -369,50 +211,38 @@ def build_loss(
     input_shape: tuple[int, int, int],
     teacher_exposes_modules: bool = True,
 ) -> WeightedLoss:
-    """Loss modules for this teacher and student (adapters sized to their feature maps)."""
+    """Loss modules for this teacher and student."""
     terms: list[tuple[float, Loss]] = []
     for config in configs:
-        if config.uses_features and (teacher is None or not teacher_exposes_modules):
+        cls = method(config.method)
+        if cls.needs_teacher_features and (teacher is None or not teacher_exposes_modules):
             raise ValueError(f"{config.method} {FEATURES_NEED_MODULES}")
-        terms.append((config.weight, _build_term(config, teacher, student, input_shape)))
+        terms.append((config.weight, cls.build(config, teacher, student, input_shape)))
     return WeightedLoss(terms)
 
 
-def _layer_pairs(config: MethodConfig, teacher: nn.Module, student: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, str]]:
-    if config.layers:
-        for t, s in config.layers:
-            features.module_by_path(teacher, t)
-            features.module_by_path(student, s)
-        return list(config.layers)
-    return [(t[0], s[0]) for t, s in features.pair_stages(teacher, student, input_shape)]
+def method_table() -> str:
+    """The README's method table, from the registry."""
+    rows = ["| method | what it is | parameters (default, range) | needs |", "|---|---|---|---|"]
+    for name, cls in REGISTRY.items():
+        params = ", ".join(
+            f"`{p}` ({v.default:g}, {v.low:g}-{v.high:g})" for p, v in cls.params.items()
+        ) or "none"
+        needs = [
+            *(["teacher"] if cls.needs_teacher else []),
+            *(["labels"] if cls.needs_labels else []),
+            *(["the teacher's internals (state_dict teacher)"] if cls.needs_teacher_features else []),
+            *(["two views of each batch"] if cls.views == 2 else []),
+        ]
+        low, high = cls.layer_pairs
+        if high:
+            count = f"{low}" if low == high else f"{low} or more" if math.isinf(high) else f"{low}-{high:g}"
+            needs.append(f"layer pairs: {count}, or none to pair stages by size")
+        rows.append(f"| `{name}` | {cls.summary} | {params} | {', '.join(needs) or 'nothing'} |")
+    return "\n".join(rows)
 
 
-def _build_term(config: MethodConfig, teacher: nn.Module | None, student: nn.Module, input_shape: tuple[int, int, int]) -> Loss:
-    p = config.params
-    if config.method == "kd":
-        return KnowledgeDistillation(p.get("temperature", 4.0), p.get("alpha", 0.9))
-    if config.method == "cross_entropy":
-        return CrossEntropy()
-    if config.method == "self_distill":
-        return SelfDistillation(features.embedding(student), p.get("kl_weight", 1.0), p.get("mmd_weight", 1.0))
-    assert teacher is not None
-    pairs = _layer_pairs(config, teacher, student, input_shape)
-    if config.method == "fitnet":
-        # The guided layer sits in the middle of the student, as in the paper.
-        hint, guided = pairs[len(pairs) // 2] if not config.layers else pairs[0]
-        t_shape = features.output_shape(teacher, hint, input_shape)
-        s_shape = features.output_shape(student, guided, input_shape)
-        if t_shape[1:] != s_shape[1:]:
-            raise ValueError(f"fitnet hint {hint} {t_shape} and guided {guided} {s_shape} differ in spatial size")
-        return FitNet(hint, guided, features.adapter(s_shape, t_shape[0]), int(p.get("hint_epochs", 2)))
-    if config.method == "attention":
-        return AttentionTransfer(pairs, p.get("beta", 1000.0))
-    if config.method == "fsp":
-        adapters = {}
-        for t, s in pairs:
-            t_channels = features.output_shape(teacher, t, input_shape)[0]
-            s_shape = features.output_shape(student, s, input_shape)
-            if s_shape[0] != t_channels:
-                adapters[s] = features.adapter(s_shape, t_channels)
-        return FlowOfSolutionProcedure(pairs, adapters, int(p.get("flow_epochs", 2)))
-    raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHOD_NAMES.values())}")
+from distill import methods  # noqa: E402,F401  (registers every method; they import this module)
+
+if __name__ == "__main__":
+    print(method_table())

@@ -22,7 +22,8 @@ from torch import nn
 
 from distill import distributed, features
 from distill.data import ImageData, Normalization, Splits
-from distill.losses import CrossEntropy, Step, WeightedLoss
+from distill.losses import Step, WeightedLoss
+from distill.methods import CrossEntropy
 
 
 class TrainingDivergedError(RuntimeError):

@@ -8,6 +8,7 @@ message names the field.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -368,39 +369,35 @@ def _data_free_plan(spec: pb.JobSpec, training: TrainConfig) -> DataFreePlan:
     return DataFreePlan(config, input_shape)
 
 
-# Per method: parameter -> (default, low, high). Zero in the spec means the default.
-_METHOD_PARAMS: dict[str, dict[str, tuple[float, float, float]]] = {
-    "kd": {"temperature": (4.0, 0.05, 100.0), "alpha": (0.9, 0.0, 1.0)},
-    "cross_entropy": {},
-    "fitnet": {"hint_epochs": (2, 1, 1000)},
-    "attention": {"beta": (1000.0, 1e-6, 1e6)},
-    "fsp": {"flow_epochs": (2, 1, 1000)},
-    "self_distill": {"kl_weight": (1.0, 0.0, 1e3), "mmd_weight": (1.0, 0.0, 1e3)},
-}
-
-
 def _method(index: int, term: pb.LossTerm) -> losses.MethodConfig:
+    """One loss term, checked against what its method declares in the registry (parameters, layer pairs)."""
     name = term.WhichOneof("method")
     where = f"losses[{index}]"
     if name is None:
-        raise InvalidArgument(f"{where} names no method; known: {', '.join(_METHOD_PARAMS)}")
-    message = getattr(term, name)
+        raise InvalidArgument(f"{where} names no method; known: {', '.join(losses.REGISTRY)}")
+    method, message = losses.method(name), getattr(term, name)
     params = {}
-    for param, (default, low, high) in _METHOD_PARAMS[name].items():
-        value = _digits(getattr(message, param)) or default
-        _in_range(value, low, high, f"{where}.{name}.{param}")
+    for param, bounds in method.params.items():
+        # Zero means the default, unless the field is optional and set (then zero is a value).
+        field = message.DESCRIPTOR.fields_by_name[param]
+        explicit = field.has_presence and message.HasField(param)
+        value = _digits(getattr(message, param)) if explicit else _digits(getattr(message, param)) or bounds.default
+        _in_range(value, bounds.low, bounds.high, f"{where}.{name}.{param}")
         params[param] = value
     weight = _or_default(term.weight, 1.0)
     _in_range(weight, 1e-6, 1000, f"{where}.weight")
-    if name == "fitnet":
-        named = [message.hint] if message.HasField("hint") else []
-    else:
-        named = list(getattr(message, "layers", []))
+    named: list[pb.LayerPair] = []
+    for field in message.DESCRIPTOR.fields:  # fitnet's `hint`, the others' `layers`
+        if field.message_type is pb.LayerPair.DESCRIPTOR:
+            value = getattr(message, field.name)
+            named += list(value) if field.is_repeated else [value] if message.HasField(field.name) else []
     for pair in named:
         if not pair.teacher or not pair.student:
             raise InvalidArgument(f"{where}.{name}: a layer pair needs both a teacher and a student module path")
-    if name == "fsp" and len(named) == 1:
-        raise InvalidArgument(f"{where}.fsp needs at least two layer pairs (a flow runs between two layers)")
+    low, high = method.layer_pairs
+    if named and not low <= len(named) <= high:
+        wanted = f"at least {low}" if math.isinf(high) else f"{low} to {high:g}" if low != high else f"{low}"
+        raise InvalidArgument(f"{where}.{name} takes {wanted} layer pairs (or none, to pair stages by size); got {len(named)}")
     return losses.MethodConfig(name, weight, params, tuple((p.teacher, p.student) for p in named))
 
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 import torch
 
-from distill import data, distributed, losses, models
+from distill import data, distributed, losses, methods, models
 from distill.datafree import DataFreeConfig, Generator, distil_data_free
 from distill.trainer import Interrupted, TrainConfig, TrainResult, distil
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -34,7 +34,7 @@ def _kd_run(stop_requested: Any = None, on_checkpoint: Any = None) -> tuple[Trai
     splits = data.Splits(*data.generated_splits(num_classes=4, train_size=300, val_size=10, seed=5))
     teacher = models.build("lenet5", 4, 1).eval()
     student = models.build("lenet5_half", 4, 1)
-    loss = losses.WeightedLoss([(0.7, losses.KnowledgeDistillation()), (0.3, losses.CrossEntropy())])
+    loss = losses.WeightedLoss([(0.7, methods.KnowledgeDistillation()), (0.3, methods.CrossEntropy())])
     result = distil(student, teacher, loss, splits.train, splits.normalization, CONFIG,
                     stop_requested=stop_requested, on_checkpoint=on_checkpoint)
     return result, student

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from distill import losses
+from distill import methods
 from distill.losses import Step
 
 
@@ -27,14 +28,51 @@ def test_kd_matches_hinton_formula_by_hand() -> None:
     ce = -math.log(_softmax(student)[label])
     expected = alpha * t * t * kl + (1 - alpha) * ce
     step = Step(torch.tensor([student]), torch.tensor([label]), teacher_logits=torch.tensor([teacher]))
-    assert losses.KnowledgeDistillation(t, alpha)(step).item() == pytest.approx(expected, rel=1e-5)
+    assert methods.KnowledgeDistillation(t, alpha)(step).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dkd_matches_its_two_terms_by_hand() -> None:
+    """Zhao et al.: CE + T^2 (alpha * KL of the target/rest split + beta * KL over the other classes)."""
+    student, teacher, label, t, alpha, beta = [1.0, 2.0, 0.5], [3.0, 0.0, -1.0], 0, 2.0, 0.5, 6.0
+    p_s, p_t = _softmax(student, t), _softmax(teacher, t)
+    tckd = _kl([p_t[0], 1 - p_t[0]], [p_s[0], 1 - p_s[0]])
+    nckd = _kl(_softmax(teacher[1:], t), _softmax(student[1:], t))
+    expected = -math.log(_softmax(student)[label]) + t * t * (alpha * tckd + beta * nckd)
+    step = Step(torch.tensor([student]), torch.tensor([label]), teacher_logits=torch.tensor([teacher]))
+    assert methods.DecoupledKnowledgeDistillation(alpha, beta, t)(step).item() == pytest.approx(expected, rel=1e-5)
+    # The paper's identity: KD's KL is TCKD + (1 - teacher's p_target) * NCKD.
+    assert _kl(p_t, p_s) == pytest.approx(tckd + (1 - p_t[0]) * nckd, rel=1e-9)
+    # Large logits stay finite (the split is computed in log space).
+    huge = Step(torch.tensor([[80.0, -80.0, 0.0]]), torch.tensor([0]), teacher_logits=torch.tensor([[-80.0, 80.0, 0.0]]))
+    assert math.isfinite(methods.DecoupledKnowledgeDistillation()(huge).item())
+    with pytest.raises(ValueError, match="needs labelled data"):
+        methods.DecoupledKnowledgeDistillation()(Step(torch.tensor([student]), None, teacher_logits=torch.tensor([teacher])))
+    with pytest.raises(ValueError, match=r"dkd beta must be in \[0, 100\]"):
+        methods.DecoupledKnowledgeDistillation(beta=-1)
+
+
+def test_every_method_is_registered_with_its_proto_message_and_the_readme_table() -> None:
+    """A method is one file plus one proto message; the README's method table is the registry's."""
+    from pathlib import Path
+
+    from protos.distillery.v1 import distillery_pb2 as pb
+
+    in_proto = {f.name: f.message_type for f in pb.LossTerm.DESCRIPTOR.oneofs_by_name["method"].fields}
+    assert set(in_proto) == set(losses.REGISTRY)
+    for name, cls in losses.REGISTRY.items():
+        assert set(cls.params) <= set(in_proto[name].fields_by_name), name  # every parameter can be set by a spec
+        for param in cls.params.values():
+            assert param.low <= param.default <= param.high, name
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = "\n".join(line.strip() for line in readme.splitlines())  # the table sits indented in a list
+    assert losses.method_table() in readme, "README's method table is stale: paste `python -m distill.losses`"
 
 
 def test_kd_without_labels_is_the_soft_term_alone() -> None:
     student, teacher, t = [0.2, -0.3], [1.5, 0.5], 2.0
     expected = t * t * _kl(_softmax(teacher, t), _softmax(student, t))
     step = Step(torch.tensor([student]), None, teacher_logits=torch.tensor([teacher]))
-    assert losses.KnowledgeDistillation(t, 0.5)(step).item() == pytest.approx(expected, rel=1e-5)
+    assert methods.KnowledgeDistillation(t, 0.5)(step).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_fitnet_hint_loss_by_hand() -> None:
@@ -45,7 +83,7 @@ def test_fitnet_hint_loss_by_hand() -> None:
     guided = torch.tensor([[[[1.0, 3.0]]]])
     hint = torch.tensor([[[[1.0, 1.0]], [[0.0, -2.0]]]])
     # regressor(guided) = [[2, 6]], [[-1, -3]] -> diffs 1, 5, -1, -1 -> 1/2 * (1 + 25 + 1 + 1) = 14.
-    fitnet = losses.FitNet("hint", "guided", regressor)
+    fitnet = methods.FitNet("hint", "guided", regressor)
     step = Step(torch.zeros(1, 3), None, student_features={"guided": guided}, teacher_features={"hint": hint})
     assert fitnet.pretrain_loss(step).item() == pytest.approx(14.0)
     assert fitnet(step).item() == 0.0  # stage two belongs to the other losses
@@ -58,7 +96,7 @@ def test_attention_transfer_by_hand() -> None:
     teacher = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]], [[-1.0, 1.0], [0.0, 0.0]]]])
     r = 1 / math.sqrt(2)
     expected = 1000 / 2 * ((1 - r) ** 2 + r**2) / 4
-    at = losses.AttentionTransfer([("t", "s")], beta=1000)
+    at = methods.AttentionTransfer([("t", "s")], beta=1000)
     step = Step(torch.zeros(1, 2), None, student_features={"s": student}, teacher_features={"t": teacher})
     assert at(step).item() == pytest.approx(expected, rel=1e-5)
 
@@ -68,9 +106,9 @@ def test_fsp_matrix_and_loss_by_hand() -> None:
     # G = F1 . F2^T / 2 = [[(3 + 0)/2, (1 + 2)/2]] = [[1.5, 1.5]].
     f1 = torch.tensor([[[[1.0, 2.0]]]])
     f2 = torch.tensor([[[[3.0, 0.0]], [[1.0, 1.0]]]])
-    assert losses.fsp_matrix(f1, f2).tolist() == [[[1.5, 1.5]]]
+    assert methods.fsp_matrix(f1, f2).tolist() == [[[1.5, 1.5]]]
     # The student's flow is zero: the loss is ||G_t||^2 = 4.5 (one flow between two layers).
-    fsp = losses.FlowOfSolutionProcedure([("t1", "s1"), ("t2", "s2")], adapters={})
+    fsp = methods.FlowOfSolutionProcedure([("t1", "s1"), ("t2", "s2")], adapters={})
     step = Step(
         torch.zeros(1, 2),
         None,
@@ -87,7 +125,7 @@ def test_self_distillation_by_hand() -> None:
     ce = -math.log(p1[label]) - math.log(p2[label])
     kl = _kl(p1, p2) + _kl(p2, p1)
     mmd = (1 - 3) ** 2 + (2 - 2) ** 2
-    sd = losses.SelfDistillation("emb", kl_weight=0.5, mmd_weight=0.25)
+    sd = methods.SelfDistillation("emb", kl_weight=0.5, mmd_weight=0.25)
     step = Step(
         torch.tensor([z1]),
         torch.tensor([label]),
@@ -100,13 +138,13 @@ def test_self_distillation_by_hand() -> None:
 
 def test_weighted_sum_and_validation() -> None:
     step = Step(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), teacher_logits=torch.randn(4, 3))
-    kd, ce = losses.KnowledgeDistillation(), losses.CrossEntropy()
+    kd, ce = methods.KnowledgeDistillation(), methods.CrossEntropy()
     combined = losses.WeightedLoss([(2.0, kd), (0.5, ce)])
     assert combined(step).item() == pytest.approx(2 * kd(step).item() + 0.5 * ce(step).item(), rel=1e-5)
     assert str(combined) == "2*kd(T=4, alpha=0.9) + 0.5*cross_entropy"
     with pytest.raises(ValueError):
-        losses.KnowledgeDistillation(temperature=0)
+        methods.KnowledgeDistillation(temperature=0)
     with pytest.raises(ValueError):
-        losses.KnowledgeDistillation(alpha=1.5)
+        methods.KnowledgeDistillation(alpha=1.5)
     with pytest.raises(ValueError):
         losses.WeightedLoss([])

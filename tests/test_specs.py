@@ -64,6 +64,22 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
     assert plan.dataset.generated["train_size"] == 6000
 
 
+def test_method_parameters_come_from_the_registry(tmp_path: Path) -> None:
+    spec = pb.JobSpec(
+        teacher_model_id="m-x",
+        student=pb.StudentSpec(architecture="lenet5_half"),
+        dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+    )
+    spec.losses.add(dkd=pb.DecoupledKnowledgeDistillation())
+    spec.losses.add(dkd=pb.DecoupledKnowledgeDistillation(alpha=0, temperature=2))
+    unset, zero = specs.plan(spec, (tmp_path,), cuda_devices=0).methods
+    assert unset.params == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}  # the registry's defaults
+    assert zero.params == {"alpha": 0.0, "beta": 8.0, "temperature": 2.0}  # an optional field set to 0 is a value
+    spec.losses.add(dkd=pb.DecoupledKnowledgeDistillation(beta=101))
+    with pytest.raises(InvalidArgument, match=r"losses\[2\].dkd.beta must be in \[0, 100\]"):
+        specs.plan(spec, (tmp_path,), cuda_devices=0)
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -71,7 +87,7 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
         (lambda s: s.losses.add(kd=pb.KnowledgeDistillation(temperature=-1)), "temperature"),
         (lambda s: s.losses.add(), "names no method"),
         (lambda s: s.losses.add(attention=pb.AttentionTransfer(beta=-1)), "attention.beta"),
-        (lambda s: s.losses.add(fsp=pb.FlowOfSolutionProcedure(layers=[pb.LayerPair(teacher="a", student="b")])), "two layer pairs"),
+        (lambda s: s.losses.add(fsp=pb.FlowOfSolutionProcedure(layers=[pb.LayerPair(teacher="a", student="b")])), "fsp takes at least 2 layer pairs"),
         (lambda s: s.losses.add(fitnet=pb.FitNet(hint=pb.LayerPair(teacher="a"))), "both a teacher and a student"),
         (lambda s: s.losses.add(weight=-2, kd=pb.KnowledgeDistillation()), "weight"),
         (lambda s: s.export.__setattr__("opset", 7), "export.opset"),

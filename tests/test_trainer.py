@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from distill import data, losses, models, trainer
+from distill import data, losses, methods, models, trainer
 from distill.losses import MethodConfig
 
 
@@ -17,7 +17,7 @@ def _splits() -> data.Splits:
 
 
 def _kd() -> losses.WeightedLoss:
-    return losses.WeightedLoss([(1.0, losses.KnowledgeDistillation())])
+    return losses.WeightedLoss([(1.0, methods.KnowledgeDistillation())])
 
 
 METHODS = {

@@ -310,7 +310,7 @@ class GeneratedDataset(_message.Message):
     def __init__(self, num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., train_size: _Optional[int] = ..., val_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class LossTerm(_message.Message):
-    __slots__ = ("weight", "kd", "cross_entropy", "fitnet", "attention", "fsp", "self_distill")
+    __slots__ = ("weight", "kd", "cross_entropy", "fitnet", "attention", "fsp", "self_distill", "dkd")
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     KD_FIELD_NUMBER: _ClassVar[int]
     CROSS_ENTROPY_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,7 @@ class LossTerm(_message.Message):
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     FSP_FIELD_NUMBER: _ClassVar[int]
     SELF_DISTILL_FIELD_NUMBER: _ClassVar[int]
+    DKD_FIELD_NUMBER: _ClassVar[int]
     weight: float
     kd: KnowledgeDistillation
     cross_entropy: CrossEntropy
@@ -325,7 +326,8 @@ class LossTerm(_message.Message):
     attention: AttentionTransfer
     fsp: FlowOfSolutionProcedure
     self_distill: SelfDistillation
-    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ...) -> None: ...
+    dkd: DecoupledKnowledgeDistillation
+    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ..., dkd: _Optional[_Union[DecoupledKnowledgeDistillation, _Mapping]] = ...) -> None: ...
 
 class LayerPair(_message.Message):
     __slots__ = ("teacher", "student")
@@ -378,6 +380,16 @@ class KnowledgeDistillation(_message.Message):
     temperature: float
     alpha: float
     def __init__(self, temperature: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class DecoupledKnowledgeDistillation(_message.Message):
+    __slots__ = ("alpha", "beta", "temperature")
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    alpha: float
+    beta: float
+    temperature: float
+    def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
     __slots__ = ("epochs", "batch_size", "optimizer", "learning_rate", "weight_decay", "lr_schedule", "seed", "checkpoint_interval_steps", "max_grad_norm")

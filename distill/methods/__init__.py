@@ -1,0 +1,24 @@
+"""The distillation methods, one file each; importing a module registers its method (see ``distill.losses``).
+
+The order here is the order of the README's method table.
+"""
+
+from distill.methods.kd import KnowledgeDistillation
+from distill.methods.dkd import DecoupledKnowledgeDistillation
+from distill.methods.cross_entropy import CrossEntropy
+from distill.methods.fitnet import FitNet
+from distill.methods.attention import AttentionTransfer, attention_map
+from distill.methods.fsp import FlowOfSolutionProcedure, fsp_matrix
+from distill.methods.self_distill import SelfDistillation
+
+__all__ = [
+    "AttentionTransfer",
+    "CrossEntropy",
+    "DecoupledKnowledgeDistillation",
+    "FitNet",
+    "FlowOfSolutionProcedure",
+    "KnowledgeDistillation",
+    "SelfDistillation",
+    "attention_map",
+    "fsp_matrix",
+]
