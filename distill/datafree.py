@@ -76,18 +76,8 @@ from torch import nn
 from distill import distributed
 from distill.batchnorm import BatchNormTap
 from distill.evaluate import near_chance
-from distill.trainer import (
-    CheckpointFn,
-    Progress,
-    ProgressFn,
-    StopFn,
-    TrainingDivergedError,
-    _autocast,
-    checkpoint_or_stop,
-    predict,
-    restore_rng,
-    rng_state,
-)
+from distill.loop import CheckpointFn, ProgressFn, StepLoop, StopFn, autocast
+from distill.trainer import predict
 
 METHODS = ("auto", "dfad", "bn_prior")
 
@@ -589,10 +579,13 @@ def distil_data_free(
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.iterations) / config.iterations))  # noqa: E731
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, cosine) for opt in (student_opt, generator_opt)]
 
-    step = 0
     watch = CoverageWatch(num_classes, device)
     guard = GradientGuard(device)
-    resume_from = distributed.from_leader(resume_from)
+    loop = StepLoop(
+        config.iterations, config.checkpoint_interval_steps, device, on_progress, on_checkpoint, stop_requested,
+        divergence_advice="lower the learning rates", started=started,
+    )
+    resume_from = loop.resume(resume_from)  # the generator's noise draws from the restored random stream
     if resume_from is not None:
         student.load_state_dict(resume_from["student"])
         generator.load_state_dict(resume_from["generator"])
@@ -600,13 +593,11 @@ def distil_data_free(
         generator_opt.load_state_dict(resume_from["generator_optimizer"])
         for schedule, state in zip(schedules, resume_from["schedules"]):
             schedule.load_state_dict(state)
-        step = int(resume_from["step"])
         if resume_from.get("coverage"):  # older checkpoints have none
             watch.load_state_dict(resume_from["coverage"])
         if resume_from.get("gradient_guard"):
             guard.load_state_dict(resume_from["gradient_guard"])
-        started -= resume_from.get("wall_seconds", 0.0)  # the run's wall time counts what came before the resume
-        restore_rng(resume_from, device)  # the generator's noise draws from it
+    step = loop.step
     if ranks.active:  # each rank its own noise stream (a resumed run starts a fresh one)
         torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + ranks.rank + 1)
     # What a step trains goes through DDP: the generator in generator steps, the student in student steps.
@@ -624,17 +615,16 @@ def distil_data_free(
 
     prior = _BatchNormPrior(batchnorm_layers(teacher)) if method == "bn_prior" else None
     tail = max(1, config.iterations // 20)
-    window_loss, window_steps, last_report = 0.0, 0, time.perf_counter()
     tail_loss, tail_steps = 0.0, 0
     try:
-        if step == 0 and config.warmup_steps:
-            if on_progress:
-                on_progress(Progress(0, config.iterations, epoch=0, loss=0.0, message=(
-                    f"generator warm-up: {config.warmup_steps} steps on the teacher's BatchNorm statistics "
-                    "before the student trains")))
+        if loop.step == 0 and config.warmup_steps:
+            loop.tell(
+                f"generator warm-up: {config.warmup_steps} steps on the teacher's BatchNorm statistics "
+                "before the student trains"
+            )
             for _ in range(config.warmup_steps):
                 _generator_step(generator_step_model, None, teacher, generator_opt, prior, method, config, share, watch)
-        while step < config.iterations:
+        while not loop.done:
             _generator_step(generator_step_model, student, teacher, generator_opt, prior, method, config, share, watch)
             loss = sum(
                 _student_step(generator, student_step_model, teacher, student_opt, config, share, memory, watch, guard)
@@ -645,50 +635,29 @@ def distil_data_free(
                     _replay_step(memory, student_step_model, student_opt, share, guard)
             for schedule in schedules:
                 schedule.step()
-            step += 1
-            # One sync per iteration: the mean loss over ranks, and whether any rank was asked to stop.
-            agreed = distributed.sum_across(
-                torch.tensor([loss, float(stop_requested is not None and stop_requested())], dtype=torch.float64)
-            )
-            loss = float(agreed[0]) / (config.student_steps * ranks.world)
-            stop = bool(agreed[1] > 0)
-
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(f"student loss became {loss} at iteration {step}; lower the learning rates")
-            if step % config.coverage_window == 0:
+            step = loop.step + 1
+            if step % config.coverage_window == 0:  # judged before the checkpoint, so that it holds the action
                 seen = len(watch.events)
                 if watch.judge(step, config.iterations, distributed.sum_across(watch.counts.clone())) == "reseed":
                     _reseed(generator, generator_opt, config.seed + 7_919 * watch.reseeds)
-                if on_progress and len(watch.events) > seen:
-                    on_progress(Progress(step, config.iterations, epoch=0, loss=loss, message=watch.events[-1]))
-            window_loss += loss
-            window_steps += 1
-            if step > config.iterations - tail:
-                tail_loss += loss
-                tail_steps += 1
-            now = time.perf_counter()
-            if on_progress and (now - last_report >= 0.5 or step == config.iterations):
-                on_progress(Progress(step, config.iterations, epoch=0, loss=window_loss / window_steps))
-                window_loss, window_steps, last_report = 0.0, 0, now
-            checkpoint_or_stop(
-                step,
-                config.iterations,
-                config.checkpoint_interval_steps,
-                on_checkpoint,
-                lambda: stop,
+                for event in watch.events[seen:]:
+                    loop.tell(event, step)
+            loss = loop.finish_step(
+                loss / config.student_steps,
                 lambda: {
                     "student": student.state_dict(),
                     "generator": generator.state_dict(),
                     "student_optimizer": student_opt.state_dict(),
                     "generator_optimizer": generator_opt.state_dict(),
                     "schedules": [s.state_dict() for s in schedules],
-                    **rng_state(device),
                     "replay": None if memory is None else memory.state_dict(),
                     "coverage": watch.state_dict(),
                     "gradient_guard": guard.state_dict(),
-                    "wall_seconds": time.perf_counter() - started,
                 },
             )
+            if step > config.iterations - tail:
+                tail_loss += loss
+                tail_steps += 1
     finally:
         if prior is not None:
             prior.remove()
@@ -700,7 +669,7 @@ def distil_data_free(
         method=method,
         iterations=config.iterations,
         final_loss=tail_loss / max(1, tail_steps),
-        wall_seconds=time.perf_counter() - started,
+        wall_seconds=loop.seconds,
         generator=generator,
         world_size=ranks.world,
         batch_size=config.batch_size,
@@ -724,7 +693,7 @@ def _generator_step(
 ) -> None:
     z = torch.randn(batch_size, config.noise_dim, device=config.device)
     labels = watch.labels(batch_size)
-    with _autocast(config.device):
+    with autocast(config.device):
         x = generator(z, labels)
         if prior is not None:
             prior.active = True
@@ -775,7 +744,7 @@ def _student_step(
     guard: GradientGuard,
 ) -> float:
     z = torch.randn(batch_size, config.noise_dim, device=config.device)
-    with torch.no_grad(), _autocast(config.device):
+    with torch.no_grad(), autocast(config.device):
         x = generator(z, watch.labels(batch_size))
         teacher_logits = teacher(x).float()
     watch.observe(teacher_logits)
@@ -801,7 +770,7 @@ def _fit(
     guard: GradientGuard,
 ) -> torch.Tensor:
     """One student step on the L1 distance to the teacher's logits; returns the loss, detached."""
-    with _autocast(device):
+    with autocast(device):
         loss = F.l1_loss(student(x).float(), teacher_logits)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

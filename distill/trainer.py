@@ -22,12 +22,9 @@ from torch import nn
 
 from distill import distributed, features
 from distill.data import ImageData, Normalization, Splits
+from distill.loop import CheckpointFn, ProgressFn, StepLoop, StopFn, autocast
 from distill.losses import Step, WeightedLoss
 from distill.methods import CrossEntropy
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -74,16 +71,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Progress:
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float  # mean over the steps since the previous report
-    pretraining: bool = False  # in a method's first stage (hint / flow transfer)
-    message: str = ""  # worth telling people, e.g. what a data-free run did when the generator's classes vanished
-
-
-@dataclass(frozen=True)
 class TrainResult:
     steps: int
     final_loss: float  # mean loss over the last epoch, across all ranks
@@ -93,47 +80,6 @@ class TrainResult:
     visits: torch.Tensor
     world_size: int = 1
 
-
-ProgressFn = Callable[[Progress], None]
-# Receives the live training state (its tensors keep changing): persist it before returning.
-CheckpointFn = Callable[[dict[str, Any]], None]
-# Polled after every step; True asks training to checkpoint and stop (a server draining).
-StopFn = Callable[[], bool]
-
-
-class Interrupted(Exception):
-    """Training stopped on request at a step boundary, after its checkpoint was handed over."""
-
-
-def rng_state(device: str) -> dict[str, torch.Tensor | None]:
-    """The random streams a resumed run must continue: the CPU's, and the GPU's when it runs on one."""
-    on_cuda = torch.device(device).type == "cuda"
-    return {"rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None}
-
-
-def restore_rng(saved: dict[str, Any], device: str) -> None:
-    if saved.get("rng") is not None:  # checkpoints written before it was saved have none
-        torch.set_rng_state(saved["rng"].cpu())  # the worker maps checkpoints to the job's device
-    if saved.get("cuda_rng") is not None and torch.device(device).type == "cuda":
-        torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
-
-
-def checkpoint_or_stop(
-    step: int,
-    total_steps: int,
-    interval: int,
-    on_checkpoint: CheckpointFn | None,
-    stop_requested: StopFn | None,
-    state: Callable[[], dict[str, Any]],
-) -> None:
-    """After ``step``: checkpoint every ``interval`` steps; on a stop request, checkpoint now and raise Interrupted."""
-    if step >= total_steps:
-        return  # finished: nothing left to resume
-    stopping = stop_requested is not None and stop_requested()
-    if on_checkpoint and (stopping or step % interval == 0):
-        on_checkpoint({"step": step, **state()})
-    if stopping:
-        raise Interrupted(f"stopped at step {step} of {total_steps}")
 
 # Teacher logits are cached when they take at most this much memory.
 _LOGIT_CACHE_BYTES = 1 << 30
@@ -165,7 +111,7 @@ def predict(
     outputs = []
     with torch.inference_mode():
         for x in batches:
-            with _autocast(device):
+            with autocast(device):
                 outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
     return torch.cat(outputs)
 
@@ -226,16 +172,16 @@ def distil(
         block = predict_logits(teacher, train, normalization, device, rows=rows) if rows else torch.zeros(0, outputs)
         teacher_logits = distributed.gather_rows(block.to(device), len(train)).to(images.device)
 
-    step = 0
-    resume_from = distributed.from_leader(resume_from)
+    loop = StepLoop(
+        total_steps, config.checkpoint_interval_steps, device, on_progress, on_checkpoint, stop_requested, started=started
+    )
+    resume_from = loop.resume(resume_from)
     if resume_from is not None:
         student.load_state_dict(resume_from["student"])
         loss_fn.load_state_dict(resume_from["loss"])
         optimizer.load_state_dict(resume_from["optimizer"])
         schedule.load_state_dict(resume_from["schedule"])
-        step = int(resume_from["step"])
-        started -= resume_from.get("wall_seconds", 0.0)  # the run's wall time counts what came before the resume
-        restore_rng(resume_from, device)  # data distortion draws from it
+    step = loop.step
 
     student_store: dict[str, torch.Tensor] = {}
     teacher_store: dict[str, torch.Tensor] = {}
@@ -248,8 +194,6 @@ def distil(
     visits = torch.zeros(len(train), dtype=torch.int32, device=images.device)
     if step and ranks.rank == 0:  # the steps before the checkpoint, counted once over all ranks
         visits += _visits_before(step, len(train), config.batch_size, config.seed).to(images.device)
-    stop = False
-    window_loss, window_steps, last_report = 0.0, 0, time.perf_counter()
     epoch_loss, final_loss = 0.0, math.nan
     with features.tap(student, student_layers, student_store), (
         features.tap(teacher, teacher_layers, teacher_store) if teacher_layers else nullcontext()
@@ -268,7 +212,7 @@ def distil(
                 y = labels[index].to(device, non_blocking=True)
                 if device.startswith("cuda"):
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device):
+                with autocast(device):
                     cached = teacher_logits[index].to(device, non_blocking=True) if teacher_logits is not None else None
                     # Weighted by the shard's share, so that DDP's mean over ranks is the global batch's mean.
                     share = len(index) * ranks.world / len(global_batch)
@@ -278,42 +222,20 @@ def distil(
                 torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
                 optimizer.step()
                 schedule.step()
-                step += 1
-
-                # One sync per step (cheap next to the step itself); with several ranks it also
-                # agrees on stopping, so that all of them stop after the same step.
-                agreed = distributed.sum_across(
-                    torch.stack([loss.detach().float().cpu(), torch.tensor(float(stop_requested is not None and stop_requested()))])
-                )
-                step_loss, stop = float(agreed[0]) / ranks.world, bool(agreed[1] > 0)
-                epoch_loss += step_loss
-                window_loss += step_loss
-                window_steps += 1
-                if not math.isfinite(window_loss):
-                    advice = "lower the learning rate"
-                    if step == 1:  # before any update: something was broken from the start
-                        advice = "the teacher's outputs, the inputs or the student's initial weights are not finite"
-                    raise TrainingDivergedError(f"loss became {window_loss} at step {step}; {advice}")
-                now = time.perf_counter()
-                at_boundary = step % steps_per_epoch == 0 or step in (pretrain_steps, total_steps)
-                if on_progress and (now - last_report >= 0.5 or at_boundary):
-                    on_progress(Progress(step, total_steps, epoch, window_loss / window_steps, pretraining))
-                    window_loss, window_steps, last_report = 0.0, 0, now
-                checkpoint_or_stop(
-                    step,
-                    total_steps,
-                    config.checkpoint_interval_steps,
-                    on_checkpoint,
-                    lambda: stop,
+                step_loss = loop.finish_step(
+                    loss,
                     lambda: {
                         "student": student.state_dict(),
                         "loss": loss_fn.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
-                        **rng_state(device),
-                        "wall_seconds": time.perf_counter() - started,
                     },
+                    epoch,
+                    pretraining,
+                    boundary=(step + 1) % steps_per_epoch == 0 or step + 1 == pretrain_steps,
                 )
+                step = loop.step
+                epoch_loss += step_loss
                 if step == pretrain_steps and pretraining:
                     break  # stage one ends here, mid-epoch if need be
             final_loss = epoch_loss / max(1, steps_per_epoch - offset)
@@ -322,7 +244,7 @@ def distil(
     return TrainResult(
         steps=total_steps,
         final_loss=final_loss,
-        wall_seconds=time.perf_counter() - started,
+        wall_seconds=loop.seconds,
         visits=distributed.sum_across(visits.cpu()),
         world_size=ranks.world,
     )
@@ -412,13 +334,6 @@ def _visits_before(step: int, samples: int, batch_size: int, seed: int) -> torch
     visits = torch.full((samples,), epochs, dtype=torch.int32)
     visits[_epoch_order(samples, seed, epochs)[: offset * batch_size]] += 1
     return visits
-
-
-def _autocast(device: str) -> torch.autocast:
-    # bf16 on CUDA: the tensor-core speed of fp16 without a loss scaler.
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def _num_outputs(model: nn.Module, data: ImageData, device: str) -> int:

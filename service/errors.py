@@ -8,7 +8,7 @@ from distill.datafree import DataFreeFailedError
 from distill.input_convention import TeacherNearChanceError
 from distill.model_checks import ModelFileError
 from distill.models import UnknownArchitectureError
-from distill.trainer import TrainingDivergedError
+from distill.loop import TrainingDivergedError
 from exporters.onnx_export import ExportError, ParityError
 from service.inspection import InspectionLimitError
 

@@ -20,7 +20,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from distill import distributed
-from distill.trainer import Interrupted
+from distill.loop import Interrupted
 from service.errors import ServiceError, describe, status_code
 
 

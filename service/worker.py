@@ -31,8 +31,7 @@ import torch
 from google.protobuf import json_format
 from torchvision.utils import save_image
 
-from distill import distributed, models
-from distill.batchnorm import reach_batchnorm
+from distill import distributed, engine, models
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.allocator import keep_freed_memory, limit_memory, out_of_memory
 from distill.data import ImageData, Normalization, Splits, resize
@@ -42,19 +41,17 @@ from distill.datafree import (
     DataFreeResult,
     Generator,
     check_generator,
-    distil_data_free,
-    resolve_method,
 )
 from distill.evaluate import AccuracyResult, accuracy, per_class_top1
 from distill.input_convention import InputConvention, find_input_convention
 from distill.loading import STATE_DICT, ModelFileError, Teacher
-from distill.losses import build_loss
-from distill.trainer import Interrupted, Progress, distil, predict
+from distill.loop import Interrupted, Progress
+from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher, quantize
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import report as report_format
 from service import report_html
-from service import bundle, model_formats, ranks, specs
+from service import bundle, convert, model_formats, ranks, specs
 from service.artifacts import BlobStore
 from service.config import ServerConfig
 from service.errors import describe, status_code
@@ -496,11 +493,23 @@ class Job:
         input_shape: tuple[int, int, int],
         resume: dict[str, Any] | None,
     ) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
-        """Distil in this process (one of several, or the only one); the result is set for data-free training."""
-        if plan.data_free:
-            return self.distil_without_data(plan, teacher, student, input_shape, resume)
-        assert splits is not None
-        return self.distil_with_data(plan, teacher, student, splits, resume), None
+        """Distil in this process (one of several, or the only one): the engine's one call; the data-free result too."""
+        job = engine.Job(
+            teacher=teacher.model,
+            student=student,
+            data=None if plan.data_free else splits,
+            methods=tuple(plan.methods),
+            training=plan.training,
+            data_free=plan.data_free.config if plan.data_free else None,
+            input_shape=input_shape,
+            normalization=splits.normalization if splits else None,  # found when the teacher was loaded
+            teacher_exposes_modules=teacher.format == STATE_DICT,
+            evaluate=False,  # the evaluate stage scores every variant, in every runtime
+        )
+        with self.stop.at_step_boundaries():
+            outcome = engine.run(job, **self.training_callbacks(), resume_from=resume, stop_requested=self.stop,
+                                 on_stage=self.stage)
+        return convert.training_summary(outcome.training), outcome.data_free
 
     def distil_on_ranks(
         self, plan: specs.JobPlan, student: torch.nn.Module
@@ -562,82 +571,6 @@ class Job:
         if loaded.num_classes != num_classes:
             raise ValueError(f"the student has {loaded.num_classes} outputs but the teacher has {num_classes}")
         return Student(loaded.model, row.architecture or loaded.architecture, row.format == pb.MODEL_FORMAT_ONNX, path)
-
-    def distil_with_data(
-        self, plan: specs.JobPlan, teacher: Teacher, student: torch.nn.Module, splits: Splits, resume: dict[str, Any] | None
-    ) -> pb.TrainingSummary:
-        loss = build_loss(
-            plan.methods,
-            teacher.model,
-            student,
-            splits.train.input_shape,
-            teacher_exposes_modules=teacher.format == STATE_DICT,
-        )
-        self.stage("distil", f"resuming from step {resume['step']}" if resume else str(loss))
-        with self.stop.at_step_boundaries():
-            trained = distil(
-                student,
-                teacher.model,
-                loss,
-                splits.train,
-                splits.normalization,
-                plan.training,
-                **self.training_callbacks(),
-                resume_from=resume,
-                stop_requested=self.stop,
-            )
-        return pb.TrainingSummary(
-            method=str(loss),
-            epochs=loss.pretrain_epochs + plan.training.epochs,
-            steps=trained.steps,
-            final_loss=trained.final_loss,
-            wall_seconds=trained.wall_seconds,
-            device=_device_kind(plan.training.device),
-            train_samples=len(splits.train),
-            processes=trained.world_size,
-            samples_seen=int(trained.visits.sum()),
-        )
-
-    def distil_without_data(
-        self,
-        plan: specs.JobPlan,
-        teacher: Teacher,
-        student: torch.nn.Module,
-        input_shape: tuple[int, int, int],
-        resume: dict[str, Any] | None,
-    ) -> tuple[pb.TrainingSummary, DataFreeResult]:
-        assert plan.data_free is not None
-        config = plan.data_free.config
-        # TorchScript and torch.export teachers hide their BatchNorm layers from hooks; reach them for the prior.
-        reached = reach_batchnorm(teacher.model, input_shape) if config.method != "dfad" else None
-        trained_against = reached.teacher if reached else teacher.model
-        method = resolve_method(config.method, trained_against)
-        described = lambda batch: (  # noqa: E731
-            f"{method}(iterations={config.iterations}, student_steps={config.student_steps}, "
-            f"replay_steps={config.replay_steps}, batch_size={batch}, "
-            f"generator_width={config.generator_width})"
-        )
-        self.stage("distil", f"resuming from iteration {resume['step']}" if resume else described(config.batch_size or "from the teacher's classes"))
-        with self.stop.at_step_boundaries():
-            trained = distil_data_free(
-                student,
-                trained_against,
-                input_shape,
-                config,
-                **self.training_callbacks(),
-                resume_from=resume,
-                stop_requested=self.stop,
-            )
-        summary = pb.TrainingSummary(
-            method=described(trained.batch_size),
-            steps=trained.iterations,
-            final_loss=trained.final_loss,
-            wall_seconds=trained.wall_seconds,
-            device=_device_kind(config.device),
-            processes=trained.world_size,
-        )
-        trained.batchnorm = reached.how if reached else ""  # where the layers were found, or why they were not
-        return summary, trained
 
     def inspect_generator(
         self, result: DataFreeResult, config: DataFreeConfig, teacher: Teacher, student: torch.nn.Module
@@ -820,7 +753,7 @@ class Job:
             notes=self.notes,
         )
         if self.input_convention is not None:
-            report.input_convention.CopyFrom(_input_convention(self.input_convention))
+            report.input_convention.CopyFrom(convert.input_convention(self.input_convention))
         report.create_time.GetCurrentTime()
         for v in variants:
             row = report.variants.add(
@@ -872,10 +805,6 @@ def _save_atomically(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _device_kind(device: str) -> str:
-    return device.split(":")[0]  # cuda:3 -> cuda
-
-
 def _input_shape(plan: specs.JobPlan, splits: Splits | None) -> tuple[int, int, int]:
     """The teacher's input: the spec's (data-free, benchmark-only), else the dataset's; both must agree when both exist."""
     source = plan.data_free or plan.benchmark_only
@@ -887,17 +816,6 @@ def _input_shape(plan: specs.JobPlan, splits: Splits | None) -> tuple[int, int, 
         field_name = "data_free" if plan.data_free else "benchmark_only"
         raise ValueError(f"{field_name}.input_shape {given} differs from the dataset's images {splits.train.input_shape}")
     return splits.train.input_shape
-
-
-def _input_convention(found: InputConvention) -> pb.InputConvention:
-    chosen = found.chosen.normalization
-    return pb.InputConvention(
-        chosen=found.chosen.name, mean=chosen.mean, std=chosen.std, reason=found.reason, samples=found.samples,
-        candidates=[
-            pb.InputConventionCandidate(name=c.name, mean=c.normalization.mean, std=c.normalization.std, teacher_top1=c.teacher_top1)
-            for c in found.candidates
-        ],
-    )
 
 
 def _model_card(architecture: str, variant: Variant, num_classes: int, shape: tuple[int, int, int]) -> pb.ModelCard:

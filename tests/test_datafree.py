@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from distill import allocator, batchnorm, data, datafree, evaluate, loading, models, trainer
+from distill import allocator, batchnorm, data, datafree, evaluate, loading, loop, models, trainer
 from distill.datafree import DataFreeConfig, Generator
 from tests.conftest import TINY_DATA
 
@@ -51,7 +51,7 @@ def test_dfad_learns_the_teacher_without_seeing_data(tiny_teacher: torch.nn.Modu
         return 100 * (trainer.predict_logits(student, val, normalization).argmax(1) == teacher_top1).float().mean().item()
 
     before = agreement()
-    seen: list[trainer.Progress] = []
+    seen: list[loop.Progress] = []
     # The tiny LeNet-5-half dies at the default 0.1 here (MNIST's default); 0.02 learns.
     config = _config(iterations=150, student_steps=3, batch_size=64, generator_width=16, student_lr=0.02)
     result = datafree.distil_data_free(student, tiny_teacher, SHAPE, config, on_progress=seen.append)
@@ -101,7 +101,7 @@ def test_bn_prior_warms_the_generator_up_before_the_student_trains() -> None:
     teacher = _bn_teacher()
     gaps, results = [], []
     for warmup in (0, 15):
-        seen: list[trainer.Progress] = []
+        seen: list[loop.Progress] = []
         config = _config(method="bn_prior", iterations=1, warmup_steps=warmup)
         results.append(datafree.distil_data_free(models.build("lenet5_half", 4, 1), teacher, SHAPE, config, on_progress=seen.append))
         gaps.append(_prior_gap(teacher, results[-1].generator))
@@ -222,7 +222,7 @@ def test_a_collapsing_teacher_is_watched_acted_on_and_bounded() -> None:
     """Classes the teacher never sees are noticed, acted on, told as progress messages; its huge logits are bounded."""
     teacher = FewClassTeacher().eval()
     student = models.build("lenet5_half", 4, 1)
-    seen: list[trainer.Progress] = []
+    seen: list[loop.Progress] = []
     config = _config(iterations=12, coverage_window=3, batch_size=0, logit_bound=10.0)
     result = datafree.distil_data_free(student, teacher, SHAPE, config, on_progress=seen.append)
     assert result.batch_size == 256  # chosen from the teacher's 4 classes

@@ -16,7 +16,8 @@ import torch
 
 from distill import data, distributed, losses, methods, models
 from distill.datafree import DataFreeConfig, Generator, distil_data_free
-from distill.trainer import Interrupted, TrainConfig, TrainResult, distil
+from distill.loop import Interrupted
+from distill.trainer import TrainConfig, TrainResult, distil
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from service.report import to_markdown
