@@ -113,6 +113,47 @@ class Loss(nn.Module):
         return None
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """The layer pairs a feature method runs on, and the models they are in (to size its adapters)."""
+
+    layers: list[tuple[str, str]]  # (teacher layer, student layer)
+    teacher: nn.Module
+    student: nn.Module
+    input_shape: tuple[int, int, int]
+
+    def teacher_shape(self, layer: str) -> tuple[int, ...]:
+        return features.output_shape(self.teacher, layer, self.input_shape)
+
+    def student_shape(self, layer: str) -> tuple[int, ...]:
+        return features.output_shape(self.student, layer, self.input_shape)
+
+
+class FeatureLoss(Loss):
+    """A method on the models' intermediate feature maps: built from (teacher layer, student layer) pairs."""
+
+    needs_teacher_features = True
+    pairs: list[tuple[str, str]]  # (teacher layer, student layer), set by the method's constructor
+
+    def teacher_layers(self) -> list[str]:
+        return [t for t, _ in self.pairs]
+
+    def student_layers(self) -> list[str]:
+        return [s for _, s in self.pairs]
+
+    @classmethod
+    def build(
+        cls, config: MethodConfig, teacher: nn.Module | None, student: nn.Module, input_shape: tuple[int, int, int]
+    ) -> Loss:
+        if teacher is None:
+            raise ValueError(f"{cls.name} {FEATURES_NEED_MODULES}")
+        return cls.from_pairs(config, Pairing(paired_layers(config, teacher, student, input_shape), teacher, student, input_shape))
+
+    @classmethod
+    def from_pairs(cls, config: MethodConfig, pairs: Pairing) -> Loss:
+        raise NotImplementedError
+
+
 REGISTRY: dict[str, type[Loss]] = {}
 
 

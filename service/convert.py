@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from distill import engine
+from distill.datafree import DataFreeConfig, DataFreeResult, GeneratorCheck
 from distill.input_convention import InputConvention
 from protos.distillery.v1 import distillery_pb2 as pb
 
@@ -29,4 +30,24 @@ def input_convention(found: InputConvention) -> pb.InputConvention:
             pb.InputConventionCandidate(name=c.name, mean=c.normalization.mean, std=c.normalization.std, teacher_top1=c.teacher_top1)
             for c in found.candidates
         ],
+    )
+
+
+def data_free_summary(
+    result: DataFreeResult, config: DataFreeConfig, check: GeneratorCheck, samples_artifact: str
+) -> pb.DataFreeSummary:
+    return pb.DataFreeSummary(
+        method=result.method,
+        iterations=config.iterations,
+        student_steps=config.student_steps,
+        replay_steps=config.replay_steps,
+        batch_size=result.batch_size,
+        class_histogram=check.class_histogram,
+        generated_samples=check.samples,
+        agreement_on_generated=check.agreement,
+        samples_artifact=samples_artifact,
+        batchnorm=result.batchnorm,
+        recipe=result.recipe,
+        logit_bound=result.logit_bound,
+        interventions=result.interventions,
     )

@@ -579,21 +579,7 @@ class Job:
         check = check_generator(result.generator, teacher.model, student)
         save_image(check.grid, self.artifact("samples.png"))
         torch.save(result.generator.cpu().to_checkpoint(), self.artifact("generator.pt"))
-        return pb.DataFreeSummary(
-            method=result.method,
-            iterations=config.iterations,
-            student_steps=config.student_steps,
-            replay_steps=config.replay_steps,
-            batch_size=result.batch_size,
-            class_histogram=check.class_histogram,
-            generated_samples=check.samples,
-            agreement_on_generated=check.agreement,
-            samples_artifact="samples.png",
-            batchnorm=result.batchnorm,
-            recipe=result.recipe,
-            logit_bound=result.logit_bound,
-            interventions=result.interventions,
-        )
+        return convert.data_free_summary(result, config, check, samples_artifact="samples.png")
 
     def save_student(
         self,

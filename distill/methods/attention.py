@@ -6,9 +6,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from distill.losses import Loss, MethodConfig, Param, Step, paired_layers, register
+from distill.losses import FeatureLoss, Loss, MethodConfig, Pairing, Param, Step, register
 
 
 def attention_map(x: torch.Tensor) -> torch.Tensor:
@@ -17,7 +16,7 @@ def attention_map(x: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class AttentionTransfer(Loss):
+class AttentionTransfer(FeatureLoss):
     """Zagoruyko & Komodakis (2017), "Paying More Attention to Attention", p = 2.
 
     ``beta / 2 * sum over pairs of mean((Q_s - Q_t)^2)`` with Q the normalised
@@ -29,7 +28,6 @@ class AttentionTransfer(Loss):
     name = "attention"
     summary = "Zagoruyko & Komodakis 2017: match normalised spatial attention maps; pair with `kd` or `cross_entropy`"
     params = {"beta": Param(1000.0, 1e-6, 1e6)}
-    needs_teacher_features = True
     layer_pairs = (1, math.inf)
 
     def __init__(self, pairs: list[tuple[str, str]], beta: float = 1000.0) -> None:
@@ -39,20 +37,11 @@ class AttentionTransfer(Loss):
         self.pairs, self.beta = pairs, beta
 
     @classmethod
-    def build(
-        cls, config: MethodConfig, teacher: nn.Module | None, student: nn.Module, input_shape: tuple[int, int, int]
-    ) -> Loss:
-        assert teacher is not None
-        return cls(paired_layers(config, teacher, student, input_shape), config.param("beta"))
+    def from_pairs(cls, config: MethodConfig, pairs: Pairing) -> Loss:
+        return cls(pairs.layers, config.param("beta"))
 
     def extra_repr(self) -> str:
         return f"pairs={self.pairs}, beta={self.beta:g}"
-
-    def teacher_layers(self) -> list[str]:
-        return [t for t, _ in self.pairs]
-
-    def student_layers(self) -> list[str]:
-        return [s for _, s in self.pairs]
 
     def forward(self, step: Step) -> torch.Tensor:
         total = step.student_logits.new_zeros((), dtype=torch.float32)

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from distill import features
-from distill.losses import Loss, MethodConfig, Param, Step, paired_layers, register
+from distill.losses import FeatureLoss, Loss, MethodConfig, Pairing, Param, Step, register
 
 
 @register
-class FitNet(Loss):
+class FitNet(FeatureLoss):
     """Romero et al. (2015), "FitNets: Hints for Thin Deep Nets".
 
     Stage one trains the student up to its guided layer, through a learned
@@ -23,7 +23,6 @@ class FitNet(Loss):
     name = "fitnet"
     summary = "Romero et al. 2015: stage one regresses a middle student layer onto a teacher hint layer; pair with `kd`"
     params = {"hint_epochs": Param(2, 1, 1000)}
-    needs_teacher_features = True
     layer_pairs = (1, 1)  # the proto's `hint`
 
     def __init__(self, hint: str, guided: str, regressor: nn.Module, hint_epochs: int = 2) -> None:
@@ -32,15 +31,10 @@ class FitNet(Loss):
         self.pretrain_epochs = hint_epochs
 
     @classmethod
-    def build(
-        cls, config: MethodConfig, teacher: nn.Module | None, student: nn.Module, input_shape: tuple[int, int, int]
-    ) -> Loss:
-        assert teacher is not None
-        pairs = paired_layers(config, teacher, student, input_shape)
+    def from_pairs(cls, config: MethodConfig, pairs: Pairing) -> Loss:
         # The guided layer sits in the middle of the student, as in the paper.
-        hint, guided = pairs[len(pairs) // 2] if not config.layers else pairs[0]
-        t_shape = features.output_shape(teacher, hint, input_shape)
-        s_shape = features.output_shape(student, guided, input_shape)
+        hint, guided = pairs.layers[len(pairs.layers) // 2] if not config.layers else pairs.layers[0]
+        t_shape, s_shape = pairs.teacher_shape(hint), pairs.student_shape(guided)
         if t_shape[1:] != s_shape[1:]:
             raise ValueError(f"fitnet hint {hint} {t_shape} and guided {guided} {s_shape} differ in spatial size")
         return cls(hint, guided, features.adapter(s_shape, t_shape[0]), int(config.param("hint_epochs")))

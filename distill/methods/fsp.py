@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill import features
-from distill.losses import Loss, MethodConfig, Param, Step, paired_layers, register
+from distill.losses import FeatureLoss, Loss, MethodConfig, Pairing, Param, Step, register
 
 
 def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -23,7 +23,7 @@ def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class FlowOfSolutionProcedure(Loss):
+class FlowOfSolutionProcedure(FeatureLoss):
     """Yim et al. (CVPR 2017), "A Gift from Knowledge Distillation" (FSP).
 
     Stage one makes the student's FSP matrices between consecutive stages
@@ -36,7 +36,6 @@ class FlowOfSolutionProcedure(Loss):
     name = "fsp"
     summary = "Yim et al. 2017: stage one matches the flow (FSP matrices) between stages; pair with `kd` or `cross_entropy`"
     params = {"flow_epochs": Param(2, 1, 1000)}
-    needs_teacher_features = True
     layer_pairs = (2, math.inf)  # a flow runs between two layers
 
     def __init__(self, pairs: list[tuple[str, str]], adapters: dict[str, nn.Module], flow_epochs: int = 2) -> None:
@@ -48,27 +47,16 @@ class FlowOfSolutionProcedure(Loss):
         self.pretrain_epochs = flow_epochs
 
     @classmethod
-    def build(
-        cls, config: MethodConfig, teacher: nn.Module | None, student: nn.Module, input_shape: tuple[int, int, int]
-    ) -> Loss:
-        assert teacher is not None
-        pairs = paired_layers(config, teacher, student, input_shape)
+    def from_pairs(cls, config: MethodConfig, pairs: Pairing) -> Loss:
         adapters = {}
-        for t, s in pairs:
-            t_channels = features.output_shape(teacher, t, input_shape)[0]
-            s_shape = features.output_shape(student, s, input_shape)
+        for t, s in pairs.layers:
+            t_channels, s_shape = pairs.teacher_shape(t)[0], pairs.student_shape(s)
             if s_shape[0] != t_channels:
                 adapters[s] = features.adapter(s_shape, t_channels)
-        return cls(pairs, adapters, int(config.param("flow_epochs")))
+        return cls(pairs.layers, adapters, int(config.param("flow_epochs")))
 
     def extra_repr(self) -> str:
         return f"pairs={self.pairs}, flow_epochs={self.pretrain_epochs}"
-
-    def teacher_layers(self) -> list[str]:
-        return [t for t, _ in self.pairs]
-
-    def student_layers(self) -> list[str]:
-        return [s for _, s in self.pairs]
 
     def _student_map(self, step: Step, layer: str) -> torch.Tensor:
         x = step.student_features[layer]
