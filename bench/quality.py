@@ -17,6 +17,7 @@ Writes bench/results/quality-<case>.md and prints the table. Data come from
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tarfile
 import time
@@ -172,7 +173,7 @@ def run_methods(case_name: str, args: argparse.Namespace) -> str:
         mean = statistics.fmean(scores)
         lines.append(
             f"| {name} | {mean:.2f} | {min(scores):.2f}-{max(scores):.2f} | {mean - teacher_top1:+.2f} "
-            f"| {mean - baseline:+.2f} | {statistics.fmean(times):.0f} s |"
+            f"| {'' if math.isnan(baseline) else f'{mean - baseline:+.2f}'} | {statistics.fmean(times):.0f} s |"  # blank: not run
         )
     return "\n".join(lines) + "\n"
 
