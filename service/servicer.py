@@ -196,7 +196,9 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             if method.uses_features and teacher.format != pb.MODEL_FORMAT_STATE_DICT:
                 raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")
         try:
-            job, created = self.store.create_job(request.spec, request.request_id, self.config.max_queued_jobs)
+            job, created = self.store.create_job(
+                request.spec, request.request_id, self.config.max_queued_jobs, specs.plan_to_json(plan)
+            )
         except OverflowError as e:
             raise ResourceExhausted(f"{e} (--max-queued-jobs)") from e
         if not created and job.spec != request.spec:

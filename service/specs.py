@@ -7,12 +7,17 @@ message names the field.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from distill import data, distributed, losses, models
 from distill.benchmark import DEFAULT_BATCH_SIZES, TimingPlan
@@ -463,3 +468,55 @@ def _dataset_plan(spec: pb.DatasetSpec, roots: tuple[Path, ...], seed: int) -> D
             **limits,
         )
     raise InvalidArgument("dataset is required: one of torchvision, image_folder, generated")
+
+
+# ------------------------------------------------------------ stored plans
+#
+# CreateJob resolves the plan once and stores it with the job; the worker and every rank run that one, so a job runs
+# what was accepted even if the server's environment (GPUs, defaults) changed before it ran. JSON, never pickle.
+
+
+def plan_to_json(plan: JobPlan) -> str:
+    return json.dumps(_encode(plan), sort_keys=True)
+
+
+def plan_from_json(text: str) -> JobPlan:
+    return _decode(JobPlan, json.loads(text))
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in a plan")
+
+
+def _decode(kind: Any, value: Any) -> Any:
+    """``value`` (from JSON) as ``kind``, a type hint: dataclasses, X | None, tuple[...], list[...], dict, Path, scalars."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        return _decode(next(a for a in args if a is not type(None)), value)
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: _decode(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value})
+    if origin is tuple:
+        item = args[0] if args else Any
+        return tuple(_decode(item, v) for v in value)
+    if origin is list:
+        return [_decode(args[0], v) for v in value]
+    if origin is dict:
+        return {k: _decode(args[1], v) for k, v in value.items()}
+    if kind is Path:
+        return Path(value)
+    if kind is float:
+        return float(value)
+    return value

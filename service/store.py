@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_time REAL,
     end_time REAL,
     run_seconds REAL NOT NULL DEFAULT 0,
-    running_since REAL
+    running_since REAL,
+    plan TEXT  -- the plan CreateJob resolved (JSON, service.specs.plan_to_json): what the job runs
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -94,6 +95,8 @@ class Store:
         if "run_seconds" not in columns:
             self.db.execute("ALTER TABLE jobs ADD COLUMN run_seconds REAL NOT NULL DEFAULT 0")
             self.db.execute("ALTER TABLE jobs ADD COLUMN running_since REAL")
+        if "plan" not in columns:  # jobs accepted before plans were stored have none: they are planned when they run
+            self.db.execute("ALTER TABLE jobs ADD COLUMN plan TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -138,8 +141,8 @@ class Store:
 
     # --------------------------------------------------------------- jobs
 
-    def create_job(self, spec: pb.JobSpec, request_id: str, max_queued: int) -> tuple[pb.Job, bool]:
-        """A new QUEUED job, or the existing one for ``request_id``; returns (job, created).
+    def create_job(self, spec: pb.JobSpec, request_id: str, max_queued: int, plan: str = "") -> tuple[pb.Job, bool]:
+        """A new QUEUED job, or the existing one for ``request_id``; returns (job, created). ``plan``: the resolved plan.
 
         Raises OverflowError when ``max_queued`` jobs already wait.
         """
@@ -153,14 +156,20 @@ class Store:
                 raise OverflowError(f"the queue is full ({queued} jobs waiting, limit {max_queued})")
             job_id = "j-" + uuid.uuid4().hex[:16]
             db.execute(
-                "INSERT INTO jobs (id, request_id, spec, state, create_time) VALUES (?, ?, ?, ?, ?)",
-                (job_id, request_id or None, spec.SerializeToString(deterministic=True), pb.JOB_STATE_QUEUED, time.time()),
+                "INSERT INTO jobs (id, request_id, spec, state, create_time, plan) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, request_id or None, spec.SerializeToString(deterministic=True), pb.JOB_STATE_QUEUED, time.time(),
+                 plan or None),
             )
             self._append_event(db, job_id, pb.JobEvent(state=pb.JOB_STATE_QUEUED, message="queued"))
             return self._job_unlocked(job_id), True
 
     def get_job(self, job_id: str) -> pb.Job | None:
         return self._job_unlocked(job_id)
+
+    def get_plan(self, job_id: str) -> str:
+        """The plan stored when the job was accepted ("" for jobs from before plans were stored)."""
+        row = self.db.execute("SELECT plan FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return (row["plan"] or "") if row is not None else ""
 
     def _job_unlocked(self, job_id: str) -> pb.Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -327,7 +327,11 @@ class Job:
     # ---------------------------------------------------------- pipeline
 
     def plan(self) -> specs.JobPlan:
-        job = self.store.get_job(self.job_id)
+        """The plan accepted at CreateJob (the same in a resumed run and on every rank)."""
+        stored = self.store.get_plan(self.job_id)
+        if stored:
+            return specs.plan_from_json(stored)
+        job = self.store.get_job(self.job_id)  # accepted before plans were stored: planned now, as then
         assert job is not None
         return specs.plan(job.spec, self.config.data_roots, torch.cuda.device_count())
 

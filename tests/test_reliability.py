@@ -185,17 +185,19 @@ def test_time_limit_counts_running_time_across_a_restart_not_downtime(tmp_path: 
 
 
 def test_a_store_from_before_run_time_opens_with_its_jobs(tmp_path: Path) -> None:
-    """A server upgraded in place keeps its jobs: the columns run time needs are added on open."""
+    """A server upgraded in place keeps its jobs: the columns run time and stored plans need are added on open."""
     store = Store(tmp_path / "store.db")
     job, _ = store.create_job(tiny_spec("m-teacher"), "request-1", max_queued=10)
     store.close()
     db = sqlite3.connect(tmp_path / "store.db")
     db.execute("ALTER TABLE jobs DROP COLUMN running_since")
     db.execute("ALTER TABLE jobs DROP COLUMN run_seconds")
+    db.execute("ALTER TABLE jobs DROP COLUMN plan")
     db.close()
 
     store = Store(tmp_path / "store.db")
     assert store.get_job(job.id) == job
+    assert store.get_plan(job.id) == ""  # accepted before plans were stored: its worker plans it when it runs
     assert store.transition(job.id, pb.JOB_STATE_RUNNING, "started")
     time.sleep(0.05)
     assert store.transition(job.id, pb.JOB_STATE_SUCCEEDED, "done")

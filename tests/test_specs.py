@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,19 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
     assert plan.training.epochs == 10 and plan.training.lr == 0.05 and plan.training.device == "cuda"
     assert plan.benchmark.timing.batch_sizes == (1, 8, 32, 128) and plan.export == specs.ExportPlan()
     assert plan.dataset.generated["train_size"] == 6000
+
+
+@pytest.mark.parametrize("example", ["mnist-kd.yaml", "mnist-datafree.yaml", "cifar10-8gpu.yaml"])
+def test_a_plan_is_stored_as_json_and_comes_back_equal(tmp_path: Path, example: str) -> None:
+    """CreateJob stores the resolved plan with the job; the worker and every rank run exactly that one."""
+    text = (Path(__file__).resolve().parents[1] / "examples" / example).read_text()
+    spec = json_format.ParseDict({**yaml.safe_load(text), "teacher_model_id": "m-x"}, pb.JobSpec())
+    for root in ("MNIST", "cifar10/train", "cifar10/test"):
+        (tmp_path / root).mkdir(parents=True, exist_ok=True)
+    plan = specs.plan(spec, (tmp_path,), cuda_devices=8)
+    stored = specs.plan_to_json(plan)
+    assert specs.plan_from_json(stored) == plan
+    assert "pickle" not in stored and json.loads(stored)["teacher_model_id"] == "m-x"  # plain JSON
 
 
 def test_method_parameters_come_from_the_registry(tmp_path: Path) -> None:
