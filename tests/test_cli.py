@@ -12,6 +12,7 @@ from protos.distillery.v1 import distillery_pb2 as pb
 from service import cli
 
 
+@pytest.mark.slow
 def test_upload_submit_wait_report(server, teacher_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     address = ["--address", server[0]]
     assert cli.main([*address, "upload", str(teacher_file), "--architecture", "lenet5"]) == 0

@@ -40,6 +40,7 @@ def test_auto_picks_bn_prior_only_for_batchnorm_teachers(tiny_teacher: torch.nn.
         datafree.resolve_method("bn_prior", tiny_teacher)
 
 
+@pytest.mark.slow
 def test_dfad_learns_the_teacher_without_seeing_data(tiny_teacher: torch.nn.Module) -> None:
     """The student never sees a real image, yet agrees with the teacher on real ones."""
     _, val = data.generated_splits(**TINY_DATA)

@@ -86,6 +86,7 @@ def _two_processes(entrypoint: Any) -> dict[int, Any]:
     return distributed.launch(distributed.Launch(processes_per_node=2, run_id=entrypoint.__name__), entrypoint)
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_one_process_steps() -> None:
     alone, alone_student = _kd_run()
     ranks = _two_processes(_kd_rank)
@@ -139,6 +140,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_meet_at_the_rendezvous_and_train_one_student(tmp_path: Path, teacher_file: Path) -> None:
     """Two servers stand in for two nodes (one process each): the same spec, submitted to both, trains one student."""
     servers = [spawn_server(tmp_path / f"node{i}") for i in range(2)]
@@ -168,6 +170,7 @@ def test_two_nodes_meet_at_the_rendezvous_and_train_one_student(tmp_path: Path, 
             stop_server(process)
 
 
+@pytest.mark.slow
 def test_a_failing_or_cancelled_process_ends_the_job_with_its_own_reason(
     client: Client, teacher_model: pb.Model, server: tuple[str, Path], tiny_teacher: torch.nn.Module, tmp_path: Path
 ) -> None:
@@ -197,6 +200,7 @@ def test_a_failing_or_cancelled_process_ends_the_job_with_its_own_reason(
     assert re.fullmatch(r"training process \d: loss became nan at step 1; .*", failed.error.message)
 
 
+@pytest.mark.slow
 def test_a_data_free_job_on_two_processes_through_the_service(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
     spec = data_free_spec(teacher_model.id)
     spec.distributed.processes_per_node = 2

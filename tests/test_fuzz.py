@@ -379,6 +379,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: torch.nn
     return {name: (folder / name).read_bytes() for name in ("sd.pt", "ts.pt", "ep.pt2", "m.onnx")}
 
 
+@pytest.mark.slow
 def test_upload_answers_every_mutated_file_with_a_model_or_a_client_error(
     client: Client, model_files: dict[str, bytes], tmp_path: Path
 ) -> None:

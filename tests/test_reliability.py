@@ -111,6 +111,7 @@ def resumed_from(events: list[pb.JobEvent]) -> list[int]:
     return [int(e.message.rsplit(" ", 1)[1]) for e in events if e.message.startswith("resuming from step")]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_resumes_from_its_checkpoint_and_loses_nothing(tmp_path: Path, teacher_file: Path) -> None:
     data_dir = tmp_path / "data"
     process, address = spawn_server(data_dir)
@@ -150,6 +151,7 @@ def seconds(value: Timestamp | Duration) -> float:
     return value.ToNanoseconds() / 1e9
 
 
+@pytest.mark.slow
 def test_time_limit_counts_running_time_across_a_restart_not_downtime(tmp_path: Path, teacher_file: Path) -> None:
     data_dir, limit = tmp_path / "data", 24
     process, address = spawn_server(data_dir, ["--job-time-limit", str(limit)])
@@ -208,6 +210,7 @@ def test_a_store_from_before_run_time_opens_with_its_jobs(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("processes", [0, 2], ids=["in-worker", "2-processes"])
+@pytest.mark.slow
 def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Path, teacher_file: Path, processes: int) -> None:
     data_dir = tmp_path / "data"
     process, address = spawn_server(data_dir, ["--drain-timeout", "20"])
@@ -271,6 +274,7 @@ def test_sigterm_drains_running_jobs_to_a_checkpoint_and_the_queue(tmp_path: Pat
         process.wait()
 
 
+@pytest.mark.slow
 def test_a_dying_worker_fails_only_its_job_and_frees_the_slot(
     client: Client, teacher_model: pb.Model, server, tiny_teacher: torch.nn.Module, tmp_path: Path
 ) -> None:

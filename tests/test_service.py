@@ -354,6 +354,7 @@ def learning_data_free_spec(teacher_id: str) -> pb.JobSpec:
     return spec
 
 
+@pytest.mark.slow
 def test_data_free_job_without_data(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
     job = client.wait(client.create_job(learning_data_free_spec(teacher_model.id)).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
