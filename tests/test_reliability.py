@@ -162,8 +162,8 @@ def test_time_limit_counts_running_time_across_a_restart_not_downtime(tmp_path: 
             wait_for_step(client, job.id, 5, timeout=limit / 2)
             first_start = seconds(client.get_job(job.id).start_time)
             time.sleep(max(0.0, first_start + limit / 2 - time.time()))  # half the allowance spent
-            ran = seconds(client.get_job(job.id).run_time)
-            assert limit / 2 - 3 < ran <= limit / 2 + 1  # the supervisor saves it every 2 s
+            ran = seconds(client.get_job(job.id).run_time)  # saved by the supervisor every 2 s
+            assert 0 < ran <= time.time() - first_start
         process.kill()
         process.wait()
         time.sleep(limit / 2 + 2)  # down for longer than what is left of the allowance: none of it may count
@@ -173,14 +173,17 @@ def test_time_limit_counts_running_time_across_a_restart_not_downtime(tmp_path: 
             failed = client.wait(job.id)
             assert failed.state == pb.JOB_STATE_FAILED and f"time limit of {limit} s" in failed.error.message
             assert seconds(failed.start_time) == first_start  # the requeue kept the first start
-            assert limit <= seconds(failed.run_time) < limit + 1
+            assert seconds(failed.run_time) >= limit
             events = list(client.watch(job.id))
             restart = [e.message for e in events].index("requeued after a server restart")
             assert any(e.message.startswith("resuming from step") for e in events[restart:])  # it ran again
-            # ...for what was left of the allowance: not nothing (downtime counted), not a fresh one.
+            # ...for what was left of the allowance (limit - ran), which sets it apart from both wrong answers:
+            # downtime counted would leave about nothing, a fresh allowance about `limit`. The bounds sit halfway
+            # between, far from any scheduling noise: they tell the hypotheses apart, they do not time the server.
             second_start = next(e for e in events[restart:] if e.message == "started")
             second_run = seconds(failed.end_time) - seconds(second_start.time)
-            assert limit - ran - 3 < second_run < limit - ran + 2, (ran, second_run)
+            left = limit - ran
+            assert left / 2 < second_run < (left + limit) / 2, (ran, second_run)
     finally:
         process.kill()
         process.wait()
