@@ -384,9 +384,9 @@ def _method(index: int, term: pb.LossTerm) -> losses.MethodConfig:
     params = {}
     for param, bounds in method.params.items():
         # Zero means the default, unless the field is optional and set (then zero is a value).
-        field = message.DESCRIPTOR.fields_by_name[param]
-        explicit = field.has_presence and message.HasField(param)
-        value = _digits(getattr(message, param)) if explicit else _digits(getattr(message, param)) or bounds.default
+        value = _digits(getattr(message, param))
+        if not value and not (message.DESCRIPTOR.fields_by_name[param].has_presence and message.HasField(param)):
+            value = bounds.default
         _in_range(value, bounds.low, bounds.high, f"{where}.{name}.{param}")
         params[param] = value
     weight = _or_default(term.weight, 1.0)
