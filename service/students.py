@@ -1,0 +1,171 @@
+"""The build_student and distil stages: a new student trained by the engine (here or on ranks), or an uploaded one."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import save_image
+
+from distill import distributed, engine, models
+from distill.datafree import DataFreeResult, Generator, check_generator
+from distill.loading import STATE_DICT, ModelFileError
+from protos.distillery.v1 import distillery_pb2 as pb
+from service import convert, model_formats, ranks, specs
+from service.job_context import JobContext, save_atomically
+from service.job_inputs import JobInputs, accepted_plan, load_inputs
+
+log = logging.getLogger("distillery.worker")
+
+_TRAINED = "trained.pt"  # a distributed job's trained weights, left in the workdir by each node's first rank
+
+
+@dataclass
+class Student:
+    """The model under test: distilled here, or uploaded for a benchmark-only job."""
+
+    model: torch.nn.Module
+    architecture: str
+    is_onnx: bool = False  # an uploaded ONNX file: timed as it is, nothing to export
+    file: Path | None = None  # the uploaded file; None for a distilled student (saved at export)
+    # How it was made; all None for an uploaded student.
+    training: pb.TrainingSummary | None = None
+    data_free: pb.DataFreeSummary | None = None
+    generator: Generator | None = None  # data-free: makes evaluation inputs when there is no dataset
+
+
+def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: Callable[..., Any]) -> Student:
+    """The uploaded student of a benchmark-only job, or a new one distilled from the teacher.
+
+    ``rank_entry``: the process entry point of a distributed job's training processes.
+    """
+    device = plan.training.device
+    if plan.benchmark_only:
+        ctx.stage("build_student", "loading the uploaded student")
+        student = uploaded(ctx, plan.benchmark_only.student_model_id, inputs)
+        if not student.is_onnx:
+            student.model.to(device)
+        return student
+    ctx.stage("build_student", plan.student_architecture)
+    student = Student(new_model(plan, inputs), plan.student_architecture)
+    if plan.distributed:
+        student.training, result = distil_on_ranks(ctx, plan, student.model, rank_entry)
+    else:
+        student.training, result = distil(ctx, plan, inputs, student.model, ctx.resume(device))
+    if result is not None:
+        assert plan.data_free is not None
+        check = check_generator(result.generator, inputs.teacher.model, student.model)
+        save_image(check.grid, ctx.output("samples.png"))
+        torch.save(result.generator.cpu().to_checkpoint(), ctx.output("generator.pt"))
+        student.data_free = convert.data_free_summary(result, plan.data_free.config, check, samples_artifact="samples.png")
+        student.generator = result.generator
+    return student
+
+
+def new_model(plan: specs.JobPlan, inputs: JobInputs) -> torch.nn.Module:
+    torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included (on every rank)
+    return models.build(plan.student_architecture, inputs.teacher.num_classes, inputs.input_shape[0])
+
+
+def distil(
+    ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module, resume: dict[str, Any] | None
+) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
+    """Distil in this process (one of several, or the only one): the engine's one call; the data-free result too."""
+    splits = inputs.splits
+    job = engine.Job(
+        teacher=inputs.teacher.model,
+        student=student,
+        data=None if plan.data_free else splits,
+        methods=tuple(plan.methods),
+        training=plan.training,
+        data_free=plan.data_free.config if plan.data_free else None,
+        input_shape=inputs.input_shape,
+        normalization=splits.normalization if splits else None,  # found when the teacher was loaded
+        teacher_exposes_modules=inputs.teacher.format == STATE_DICT,
+        evaluate=False,  # the evaluate stage scores every variant, in every runtime
+    )
+    with ctx.stop.at_step_boundaries():
+        outcome = engine.run(job, **ctx.training_callbacks(), resume_from=resume, stop_requested=ctx.stop,
+                             on_stage=ctx.stage)
+    return convert.training_summary(outcome.training), outcome.data_free
+
+
+def distil_on_ranks(
+    ctx: JobContext, plan: specs.JobPlan, student: torch.nn.Module, rank_entry: Callable[..., Any]
+) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
+    """Train on the plan's processes (this worker is their elastic agent), then take the trained weights."""
+    assert plan.distributed is not None
+    launch = replace(plan.distributed, log_dir=str(ctx.config.logs_dir / f"{ctx.job_id}.ranks"))
+    log.info("launching %d training processes per node on %d node(s), run %s",
+             launch.processes_per_node, launch.nodes, launch.run_id)
+    outcomes = ranks.run(launch, ctx.workdir, rank_entry, ctx.config, ctx.job_id, os.getpid())
+    summary, data_free = outcomes[min(outcomes)]  # this node's first rank
+    trained = torch.load(ctx.workdir / _TRAINED, map_location="cpu", weights_only=True)
+    student.load_state_dict(trained["student"])
+    result = None
+    if data_free is not None:
+        generator = Generator.from_checkpoint(trained["generator"]).to(plan.training.device)
+        result = DataFreeResult(**data_free, generator=generator)
+    return pb.TrainingSummary.FromString(summary), result
+
+
+def train_as_rank(ctx: JobContext) -> tuple[bytes, dict[str, Any] | None]:
+    """One training process's share of ``distil_on_ranks``: the summary (serialised) and the data-free result's fields.
+
+    Each node's first rank leaves the trained weights in the workdir.
+    """
+    plan = accepted_plan(ctx)
+    plan = plan.on_device(distributed.init(plan.training.device))
+    inputs = load_inputs(ctx, plan)
+    student = new_model(plan, inputs)
+    # Rank 0 reads the checkpoint and the engine hands it to the others: on the CPU, the one device all share.
+    resume = ctx.resume("cpu") if ctx.rank == 0 else None
+    summary, result = distil(ctx, plan, inputs, student, resume)
+    if ctx.local_rank == 0:  # every node's worker goes on with the trained student
+        trained = {"student": student.state_dict()}
+        if result is not None:
+            trained["generator"] = result.generator.to_checkpoint()
+        save_atomically(trained, ctx.workdir / _TRAINED)
+    torch.distributed.destroy_process_group()
+    data_free = None  # the result's fields but the generator, which travels in the file
+    if result is not None:
+        data_free = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "generator"}
+    return summary.SerializeToString(), data_free
+
+
+def uploaded(ctx: JobContext, model_id: str, inputs: JobInputs) -> Student:
+    row = ctx.model_row(model_id, "student")
+    path = ctx.blobs.path(row.sha256)
+    try:
+        loaded = model_formats.load_teacher(row, path, inputs.input_shape, ctx.threads, ctx.archive_limits)
+    except ModelFileError as e:  # the loader speaks of teachers; here the file is the student
+        raise ModelFileError(f"the student model {model_id}: {e}") from e
+    if loaded.num_classes != inputs.teacher.num_classes:
+        raise ValueError(f"the student has {loaded.num_classes} outputs but the teacher has {inputs.teacher.num_classes}")
+    return Student(loaded.model, row.architecture or loaded.architecture, row.format == pb.MODEL_FORMAT_ONNX, path)
+
+
+def save(ctx: JobContext, plan: specs.JobPlan, student: torch.nn.Module, inputs: JobInputs) -> Path:
+    """student.pt: the weights with what it takes to rebuild and feed the student (see exporters/predict.py)."""
+    splits, num_classes = inputs.splits, inputs.teacher.num_classes
+    normalization = splits.normalization if splits else None
+    path = ctx.output("student.pt")
+    torch.save(
+        {
+            "architecture": plan.student_architecture,
+            "num_classes": num_classes,
+            "input_shape": list(inputs.input_shape),
+            "classes": splits.train.classes if splits else [str(c) for c in range(num_classes)],
+            # Empty without a dataset: the student takes the inputs the teacher took, normalised the same way.
+            "mean": normalization.mean if normalization else [],
+            "std": normalization.std if normalization else [],
+            "state_dict": student.state_dict(),
+        },
+        path,
+    )
+    return path
