@@ -127,6 +127,8 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from service.client import ProgressBar
+
     spec = build_spec(args)
     with _client(args) as client:
         job = client.create_job(spec, args.request_id or uuid.uuid4().hex)
@@ -222,28 +224,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
     return run_demo(Path(args.output))
-
-
-class ProgressBar:
-    """One line on stderr, redrawn per event: stage, bar, percent, step and loss."""
-
-    def __init__(self, width: int = 30) -> None:
-        self.width = width
-        self.interactive = sys.stderr.isatty()
-        self.last_stage = ""
-
-    def update(self, event: pb.JobEvent) -> None:
-        filled = round(self.width * event.progress)
-        bar = "#" * filled + "-" * (self.width - filled)
-        detail = f" step {event.step}/{event.total_steps} loss {event.loss:.4f}" if event.total_steps else ""
-        line = f"{event.stage or pb.JobState.Name(event.state).removeprefix('JOB_STATE_').lower():<13} [{bar}] {100 * event.progress:5.1f}%{detail}"
-        if self.interactive:
-            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
-            if event.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
-                print(file=sys.stderr)
-        elif event.stage != self.last_stage or event.state != pb.JOB_STATE_RUNNING:
-            print(line, file=sys.stderr, flush=True)  # logs: one line per stage, not per step
-        self.last_stage = event.stage
 
 
 # -------------------------------------------------------------------- main

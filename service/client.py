@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import grpc
 
 from protos.distillery.v1 import distillery_pb2 as pb
 from protos.distillery.v1 import distillery_pb2_grpc as pb_grpc
-from service.store import TERMINAL_STATES
+from service.job_states import TERMINAL_STATES
 
 CHUNK_BYTES = 1 << 20
 
@@ -176,3 +177,25 @@ class Client:
             raise OSError(f"download of {name} is corrupt (sha256 mismatch)")
         tmp.replace(destination)
         return destination
+
+
+class ProgressBar:
+    """One line on stderr, redrawn per event: stage, bar, percent, step and loss."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.interactive = sys.stderr.isatty()
+        self.last_stage = ""
+
+    def update(self, event: pb.JobEvent) -> None:
+        filled = round(self.width * event.progress)
+        bar = "#" * filled + "-" * (self.width - filled)
+        detail = f" step {event.step}/{event.total_steps} loss {event.loss:.4f}" if event.total_steps else ""
+        line = f"{event.stage or pb.JobState.Name(event.state).removeprefix('JOB_STATE_').lower():<13} [{bar}] {100 * event.progress:5.1f}%{detail}"
+        if self.interactive:
+            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+            if event.state in TERMINAL_STATES:
+                print(file=sys.stderr)
+        elif event.stage != self.last_stage or event.state != pb.JOB_STATE_RUNNING:
+            print(line, file=sys.stderr, flush=True)  # logs: one line per stage, not per step
+        self.last_stage = event.stage

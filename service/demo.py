@@ -16,8 +16,7 @@ import torch
 
 from distill import data, models, trainer
 from protos.distillery.v1 import distillery_pb2 as pb
-from service.cli import ProgressBar
-from service.client import Client
+from service.client import Client, ProgressBar
 from service.server import spawn_server, stop_server
 
 TEACHER = "lenet5"

@@ -20,7 +20,7 @@ from protos.distillery.v1 import distillery_pb2_grpc as pb_grpc
 from service.auth import BearerTokenInterceptor, read_token
 from service.config import ServerConfig
 from service.servicer import DistillationServicer
-from service.store import Store
+from service.store import Store, StoreThread
 from service.supervisor import Supervisor
 
 log = logging.getLogger("distillery.server")
@@ -46,7 +46,7 @@ def lower_api_priority(nice: int) -> None:
 async def serve(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT, then drain: health NOT_SERVING, requeue running jobs, stop."""
     config.make_dirs()
-    store = Store(config.db_path)
+    store = StoreThread(Store(config.db_path))  # SQLite off the event loop, on one thread of its own
     supervisor = Supervisor(config, store)  # its worker-starting thread keeps the original priority
     supervisor.recover()
     lower_api_priority(config.api_nice)

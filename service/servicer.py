@@ -7,6 +7,7 @@ INTERNAL with a one-line message, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -36,7 +37,8 @@ from service.errors import (
     Unavailable,
     describe,
 )
-from service.store import TERMINAL_STATES, Store
+from service.job_states import TERMINAL_STATES
+from service.store import StoreThread
 from service.supervisor import Supervisor
 
 log = logging.getLogger("distillery.servicer")
@@ -76,9 +78,9 @@ def streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncI
 
 
 class DistillationServicer(pb_grpc.DistillationServiceServicer):
-    def __init__(self, config: ServerConfig, store: Store, supervisor: Supervisor) -> None:
+    def __init__(self, config: ServerConfig, store: StoreThread, supervisor: Supervisor) -> None:
         self.config = config
-        self.store = store
+        self.store = store  # every call awaited: SQLite runs on the store's thread, never on the event loop
         self.supervisor = supervisor
         self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
         self.inspector = Inspector(model_formats.archive_limits(config.max_upload_bytes), config.inspect_timeout_s)
@@ -97,11 +99,11 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
                     if kind != "header":
                         raise InvalidArgument("the first UploadModel message must carry the header")
                     header = self._check_upload_header(message.header)
-                    writer = self.blobs.writer()
+                    writer = await asyncio.to_thread(self.blobs.writer)
                 elif kind == "chunk":
                     if writer.size + len(message.chunk) > header.size_bytes:
                         raise InvalidArgument(f"received more bytes than the header's size_bytes ({header.size_bytes})")
-                    writer.write(message.chunk)
+                    await asyncio.to_thread(writer.write, message.chunk)  # disk writes stay off the event loop
                 else:
                     raise InvalidArgument("the header must be sent once, in the first message")
             if header is None or writer is None:
@@ -126,13 +128,13 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
                 raise InvalidArgument(
                     f"a state_dict needs an architecture name; known: {', '.join(models.architectures())}"
                 )
-            sha, size = writer.commit()
+            sha, size = await asyncio.to_thread(writer.commit)
             writer = None
         finally:
             if writer is not None:
-                writer.discard()
+                await asyncio.to_thread(writer.discard)
         model_id = "m-" + hashlib.sha256(f"{sha}:{header.architecture}".encode()).hexdigest()[:16]
-        model = self.store.put_model(
+        model = await self.store.put_model(
             pb.Model(
                 id=model_id,
                 name=header.name,
@@ -167,15 +169,15 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
 
     @unary
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.GetModelResponse:
-        model = self.store.get_model(request.model_id)
+        model = await self.store.get_model(request.model_id)
         if model is None:
             raise NotFound(f"model {request.model_id!r} not found")
         return pb.GetModelResponse(model=model)
 
     # --------------------------------------------------------------- jobs
 
-    def _job(self, job_id: str) -> pb.Job:
-        job = self.store.get_job(job_id) if job_id else None
+    async def _job(self, job_id: str) -> pb.Job:
+        job = await self.store.get_job(job_id) if job_id else None
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
         return job
@@ -187,16 +189,16 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
         if not self.supervisor.accepting:
             raise Unavailable("the server is shutting down; retry on another replica or after the restart")
         plan = specs.plan(request.spec, self.config.data_roots, self.cuda_devices)
-        teacher = self.store.get_model(request.spec.teacher_model_id)
+        teacher = await self.store.get_model(request.spec.teacher_model_id)
         if teacher is None:
             raise NotFound(f"teacher model {request.spec.teacher_model_id!r} not found; upload it first")
-        if plan.benchmark_only and self.store.get_model(plan.benchmark_only.student_model_id) is None:
+        if plan.benchmark_only and await self.store.get_model(plan.benchmark_only.student_model_id) is None:
             raise NotFound(f"student model {plan.benchmark_only.student_model_id!r} not found; upload it first")
         for method in plan.methods:
             if method.uses_features and teacher.format != pb.MODEL_FORMAT_STATE_DICT:
                 raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")
         try:
-            job, created = self.store.create_job(
+            job, created = await self.store.create_job(
                 request.spec, request.request_id, self.config.max_queued_jobs, specs.plan_to_json(plan)
             )
         except OverflowError as e:
@@ -207,7 +209,7 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
-        return pb.GetJobResponse(job=self._job(request.job_id))
+        return pb.GetJobResponse(job=await self._job(request.job_id))
 
     @unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
@@ -217,26 +219,26 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             raise InvalidArgument(f"unknown state {request.state}")
         page_size = min(request.page_size or 50, MAX_PAGE_SIZE)
         try:
-            jobs, token = self.store.list_jobs(page_size, request.page_token, request.state)
+            jobs, token = await self.store.list_jobs(page_size, request.page_token, request.state)
         except ValueError as e:
             raise InvalidArgument(str(e)) from e
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
-        job = self._job(request.job_id)
+        job = await self._job(request.job_id)
         if not await self.supervisor.cancel(job.id):
-            state = pb.JobState.Name(self._job(job.id).state)
+            state = pb.JobState.Name((await self._job(job.id)).state)
             raise FailedPrecondition(f"job {job.id} has already ended ({state})")
-        return pb.CancelJobResponse(job=self._job(job.id))
+        return pb.CancelJobResponse(job=await self._job(job.id))
 
     @streaming
     async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.WatchJobResponse]:
-        job = self._job(request.job_id)
+        job = await self._job(request.job_id)
         after = request.after_sequence
         while True:
-            ended = self._job(job.id).state in TERMINAL_STATES  # read before the events: no last event is missed
-            for event in self.store.events(job.id, after):
+            ended = (await self._job(job.id)).state in TERMINAL_STATES  # read before the events: no last event is missed
+            for event in await self.store.events(job.id, after):
                 after = event.sequence
                 yield pb.WatchJobResponse(event=event)
             if ended or not self.supervisor.accepting:
@@ -245,23 +247,23 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
 
     @unary
     async def GetReport(self, request: pb.GetReportRequest, context: Any) -> pb.GetReportResponse:
-        job = self._job(request.job_id)
+        job = await self._job(request.job_id)
         if job.state != pb.JOB_STATE_SUCCEEDED:
             raise FailedPrecondition(f"job {job.id} is {pb.JobState.Name(job.state)}; a report exists once it SUCCEEDED")
         artifact = next((a for a in job.artifacts if a.name == "report.json"), None)
         if artifact is None:
             raise ServiceError(f"job {job.id} succeeded but its report.json is missing")
-        report = json_format.Parse(self.blobs.path(artifact.sha256).read_text(), pb.Report())
-        return pb.GetReportResponse(report=report)
+        text = await asyncio.to_thread(self.blobs.path(artifact.sha256).read_text)
+        return pb.GetReportResponse(report=json_format.Parse(text, pb.Report()))
 
     @streaming
     async def DownloadArtifact(self, request: pb.DownloadArtifactRequest, context: Any) -> AsyncIterator[pb.DownloadArtifactResponse]:
-        job = self._job(request.job_id)
+        job = await self._job(request.job_id)
         artifact = next((a for a in job.artifacts if a.name == request.name), None)
         if artifact is None:
             names = ", ".join(a.name for a in job.artifacts) or "none yet"
             raise NotFound(f"job {job.id} has no artifact {request.name!r}; it has: {names}")
         yield pb.DownloadArtifactResponse(artifact=artifact)
         with open(self.blobs.path(artifact.sha256), "rb") as f:
-            while chunk := f.read(self.config.chunk_bytes):
+            while chunk := await asyncio.to_thread(f.read, self.config.chunk_bytes):
                 yield pb.DownloadArtifactResponse(chunk=chunk)

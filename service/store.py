@@ -8,19 +8,25 @@ and a user cancelling cannot both win.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
+import functools
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.distillery.v1 import distillery_pb2 as pb
 
-TERMINAL_STATES = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+from service.job_states import TERMINAL_STATES
+
+T = TypeVar("T")
 
 # A job's run time is run_seconds (earlier starts, and this one up to running_since) plus, while it is
 # RUNNING, the time since running_since. No SQL comments below: SQLite keeps them in the stored schema,
@@ -343,3 +349,30 @@ def _decode_token(token: str) -> int:
         return int(value)
     except Exception as e:
         raise ValueError(f"invalid page_token {token!r}") from e
+
+
+class StoreThread:
+    """The store as the server's event loop uses it: every call is awaited and runs on this one thread.
+
+    A SQLite call can block (another process holds the write lock: up to the
+    busy timeout; a WAL checkpoint writes to disk). On a thread of its own it
+    never stalls the event loop, and one thread means the one connection is
+    used by one thread at a time, in the order the calls were made.
+    ``await store_thread.get_job(job_id)`` runs ``Store.get_job`` there.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the store's thread: after every call made before it, before every one made after."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self.store, name)
+        return functools.partial(self.run, method)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.store.close()

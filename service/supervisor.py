@@ -4,6 +4,10 @@ Spawned, not forked: a worker starts clean (no copy of the server's threads,
 sockets or CUDA state), and a crash in it (segfault, OOM kill) takes down that
 job only. The supervisor polls: it reaps finished workers, starts queued jobs
 into free slots, and wakes WatchJob streams when new events land.
+
+Its ticks run on the store's thread, not the event loop: they read and write
+SQLite. Everything that changes which jobs run (a tick, a cancel's store
+write) runs there too, so none of it interleaves.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import grpc
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import worker
 from service.config import ServerConfig
-from service.store import TERMINAL_STATES, Store
+from service.job_states import TERMINAL_STATES
+from service.store import StoreThread
 
 log = logging.getLogger("distillery.supervisor")
 
@@ -44,9 +49,10 @@ RUN_TIME_SAVE_INTERVAL_S = 2.0
 
 
 class Supervisor:
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(self, config: ServerConfig, store_thread: StoreThread) -> None:
         self.config = config
-        self.store = store
+        self.store_thread = store_thread
+        self.store = store_thread.store  # only ever used on the store's thread (or before the server serves)
         self.running: dict[str, BaseProcess] = {}
         self.accepting = True
         self._context = multiprocessing.get_context("spawn")
@@ -68,7 +74,9 @@ class Supervisor:
     async def run(self) -> None:
         while not self._stopped.is_set():
             try:
-                self.tick()
+                if await self.store_thread.run(self.tick):
+                    self._changed.set()
+                    self._changed = asyncio.Event()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("supervisor tick failed")
             try:
@@ -76,7 +84,8 @@ class Supervisor:
             except TimeoutError:
                 pass
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """Reap, enforce the time limit, start queued jobs; True when new events landed. On the store's thread."""
         limit = self.config.job_time_limit_s
         if self.running and time.monotonic() - self._run_time_saved >= RUN_TIME_SAVE_INTERVAL_S:
             self.store.save_run_time(list(self.running))
@@ -116,10 +125,8 @@ class Supervisor:
             self.running[job_id] = process
             log.info("job %s started in worker pid %s", job_id, process.pid)
         watermark = self.store.event_watermark()
-        if watermark != self._watermark:
-            self._watermark = watermark
-            self._changed.set()
-            self._changed = asyncio.Event()
+        changed, self._watermark = watermark != self._watermark, watermark
+        return changed
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when new events may exist, or after ``timeout`` seconds."""
@@ -130,16 +137,24 @@ class Supervisor:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it had already ended."""
-        if not self.store.transition(
-            job_id, pb.JOB_STATE_CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED.value[0]
-        ):
+        cancelled, process = await self.store_thread.run(self._mark_cancelled, job_id)
+        if not cancelled:
             return False
-        process = self.running.pop(job_id, None)
         if process is not None:
-            self._kill_now(process)
             await asyncio.to_thread(process.join, 10)
         (self.config.checkpoints_dir / f"{job_id}.pt").unlink(missing_ok=True)
         return True
+
+    def _mark_cancelled(self, job_id: str) -> tuple[bool, BaseProcess | None]:
+        """On the store's thread: the job reads CANCELLED and its worker is killed, never half-way through a tick."""
+        if not self.store.transition(
+            job_id, pb.JOB_STATE_CANCELLED, "cancelled by request", grpc.StatusCode.CANCELLED.value[0]
+        ):
+            return False, None
+        process = self.running.pop(job_id, None)
+        if process is not None:
+            self._kill_now(process)
+        return True, process
 
     async def shutdown(self) -> None:
         """Stop starting jobs; running ones checkpoint, go back to the queue, and resume on the next start.
@@ -150,13 +165,15 @@ class Supervisor:
         """
         self.accepting = False
         self._stopped.set()
-        for process in self.running.values():
+        # Queued behind a tick in flight, if any; no tick starts after it (run() sees _stopped).
+        running = await self.store_thread.run(lambda: dict(self.running))
+        for process in running.values():
             try:
                 os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + self.config.drain_timeout_s
-        for job_id, process in self.running.items():
+        for job_id, process in running.items():
             await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.warning("job %s did not stop within %g s; killing it", job_id, self.config.drain_timeout_s)
@@ -165,8 +182,8 @@ class Supervisor:
             elif process.exitcode == worker.EXIT_INTERRUPTED:
                 log.info("job %s checkpointed and stopped", job_id)
             # A job that ended meanwhile keeps its ending: transition() never reopens one.
-            self.store.transition(job_id, pb.JOB_STATE_QUEUED, "requeued: the server is shutting down")
-        self.running.clear()
+            await self.store_thread.transition(job_id, pb.JOB_STATE_QUEUED, "requeued: the server is shutting down")
+        await self.store_thread.run(self.running.clear)
         self._changed.set()
 
     @staticmethod

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.client import Client
 from service.server import SERVICE_NAME
-from service.store import TERMINAL_STATES
+from service.job_states import TERMINAL_STATES
 from exporters import onnx_export
 from tests.conftest import TINY_DATA, tiny_spec
 

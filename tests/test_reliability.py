@@ -6,6 +6,7 @@ and kills real processes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -26,8 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import cli
 from service.client import Client
+from service.config import ServerConfig
 from service.server import spawn_server, stop_server
-from service.store import Store
+from service.servicer import DistillationServicer
+from service.store import Store, StoreThread
+from service.supervisor import Supervisor
 from tests.conftest import diverging_teacher, rpc_error, tiny_spec
 
 
@@ -310,6 +314,38 @@ def test_a_dying_worker_fails_only_its_job_and_frees_the_slot(
 def _stat(path: Path) -> list[str]:
     """Fields of a /proc stat file after the command name (field 3 onward)."""
     return path.read_text().rsplit(")", 1)[1].split()
+
+
+def test_a_locked_database_never_stalls_the_event_loop(tmp_path: Path) -> None:
+    """A write that waits on SQLite's lock (another process holds it) waits on the store's thread, not the loop."""
+    config = ServerConfig(data_dir=tmp_path)
+    config.make_dirs()
+    entered = threading.Event()
+
+    class WatchedStore(Store):
+        def transition(self, *args: object, **kwargs: object) -> bool:
+            entered.set()  # the next statement waits for the lock
+            return super().transition(*args, **kwargs)
+
+    store = StoreThread(WatchedStore(config.db_path))
+    job, _ = store.store.create_job(pb.JobSpec(), "queued", 10)
+    servicer = DistillationServicer(config, store, Supervisor(config, store))
+    other_process = sqlite3.connect(config.db_path, isolation_level=None)
+    other_process.execute("BEGIN IMMEDIATE")
+
+    async def cancel_while_locked() -> pb.CancelJobResponse:
+        cancel = asyncio.create_task(servicer.CancelJob(pb.CancelJobRequest(job_id=job.id), None))
+        # Resumes only when the loop is free: had the transition blocked it, the cancel would have ended first.
+        await asyncio.to_thread(entered.wait)
+        assert not cancel.done(), "the loop was blocked until the store call gave up"
+        other_process.execute("COMMIT")
+        return await cancel
+
+    try:
+        assert asyncio.run(cancel_while_locked()).job.state == pb.JOB_STATE_CANCELLED
+    finally:
+        other_process.close()
+        store.close()
 
 
 def test_training_keeps_its_priority_when_the_api_is_flooded(client: Client, teacher_model: pb.Model, server) -> None:
