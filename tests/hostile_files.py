@@ -10,7 +10,6 @@ import importlib.util
 import io
 import json
 import os
-import pickle
 import struct
 import sys
 import threading
