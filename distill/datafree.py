@@ -786,6 +786,7 @@ class GeneratorCheck:
     samples: int
     class_histogram: list[int]  # the teacher's top-1 over the samples; a collapsed generator shows here
     agreement: float  # percent of samples where the student's top-1 equals the teacher's
+    teacher_confidence: float  # the teacher's mean top-1 probability on them, percent: low means in-between images
     grid: torch.Tensor  # 3 x H x W in [0, 1]: one row per class, the teacher's most confident samples first
 
 
@@ -851,5 +852,6 @@ def check_generator(
         samples=samples,
         class_histogram=predicted.bincount(minlength=num_classes).tolist(),
         agreement=100.0 * (student_logits.argmax(dim=1) == predicted).float().mean().item(),
+        teacher_confidence=100.0 * confidence.mean().item(),
         grid=grid,
     )

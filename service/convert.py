@@ -45,6 +45,7 @@ def data_free_summary(
         class_histogram=check.class_histogram,
         generated_samples=check.samples,
         agreement_on_generated=check.agreement,
+        teacher_confidence_on_generated=check.teacher_confidence,
         samples_artifact=samples_artifact,
         batchnorm=result.batchnorm,
         recipe=result.recipe,

@@ -277,9 +277,14 @@ def test_generator_checkpoints_keep_labels_and_range_and_old_ones_load() -> None
 
 def test_check_generator_counts_classes_and_draws_a_grid(tiny_teacher: torch.nn.Module) -> None:
     generator = Generator(16, SHAPE, width=8)
+    torch.manual_seed(0)
     check = datafree.check_generator(generator, tiny_teacher, tiny_teacher, samples=100, per_class=3)
     assert sum(check.class_histogram) == 100 and len(check.class_histogram) == 4
     assert check.agreement == 100.0  # the teacher agrees with itself
+    torch.manual_seed(0)  # the same draw of images
+    with torch.no_grad():
+        probabilities = tiny_teacher(generator.sample(100)).softmax(dim=1)
+    assert check.teacher_confidence == pytest.approx(100 * probabilities.max(dim=1).values.mean().item(), rel=1e-4)
     assert check.grid.shape == (3, 4 * 28, 3 * 28)
     assert 0 <= check.grid.min() and check.grid.max() <= 1
     rebuilt = Generator.from_checkpoint(generator.to_checkpoint())

@@ -693,7 +693,7 @@ class LatencyPick(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., runtime: _Optional[str] = ..., batch_size: _Optional[int] = ..., p50_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ...) -> None: ...
 
 class DataFreeSummary(_message.Message):
-    __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact", "replay_steps", "batchnorm", "recipe", "logit_bound", "interventions")
+    __slots__ = ("method", "iterations", "student_steps", "batch_size", "class_histogram", "generated_samples", "agreement_on_generated", "samples_artifact", "replay_steps", "batchnorm", "recipe", "logit_bound", "interventions", "teacher_confidence_on_generated")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     STUDENT_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -707,6 +707,7 @@ class DataFreeSummary(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     LOGIT_BOUND_FIELD_NUMBER: _ClassVar[int]
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_CONFIDENCE_ON_GENERATED_FIELD_NUMBER: _ClassVar[int]
     method: str
     iterations: int
     student_steps: int
@@ -720,7 +721,8 @@ class DataFreeSummary(_message.Message):
     recipe: str
     logit_bound: float
     interventions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ..., replay_steps: _Optional[int] = ..., batchnorm: _Optional[str] = ..., recipe: _Optional[str] = ..., logit_bound: _Optional[float] = ..., interventions: _Optional[_Iterable[str]] = ...) -> None: ...
+    teacher_confidence_on_generated: float
+    def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ..., replay_steps: _Optional[int] = ..., batchnorm: _Optional[str] = ..., recipe: _Optional[str] = ..., logit_bound: _Optional[float] = ..., interventions: _Optional[_Iterable[str]] = ..., teacher_confidence_on_generated: _Optional[float] = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("architecture", "parameters", "macs", "num_classes", "input_shape")
