@@ -260,12 +260,14 @@ def main() -> None:
                         print(rows[-1], f"(teacher's own test top-1 {own_top1:.2f})", flush=True)
         finally:
             stop_server(server)
+    kd = "skipped" if args.skip_kd else "examples/mnist-kd.yaml's recipe (10 epochs, no mean/std)"
+    data_free = "skipped" if args.skip_data_free else (
+        f"`auto`, {args.data_free_iterations} iterations, 6 fresh + 20 replayed student steps, batch from the teacher")
     table = "\n".join([
         "# Generalisation: teachers of other architectures, formats and conventions, with the product's defaults",
         "",
-        f"KD: examples/mnist-kd.yaml's recipe (10 epochs, no mean/std). Data-free: `auto`, {args.data_free_iterations} "
-        "iterations, 6 fresh + 20 replayed student steps, batch from the teacher. Top-1 on the test split, final "
-        f"models, from each job's report. {torch.get_num_threads()} CPU threads.",
+        f"KD: {kd}. Data-free: {data_free}. Top-1 on the test split, final models, from each job's report. "
+        f"{torch.get_num_threads()} CPU threads.",
         "",
         "| teacher | data, architecture, format, input convention | job | teacher top-1 | student top-1 | gap | method (convention found) | state | time |",
         "|---|---|---|---:|---:|---:|---|---|---:|",
