@@ -254,10 +254,18 @@ def resolve_method(method: str, teacher: Callable[[torch.Tensor], torch.Tensor])
 
 
 class _BatchNormPrior:
-    """Forward pre-hooks that measure how far each BN input's batch statistics are from the running ones."""
+    """Forward pre-hooks that measure how far each BN input's batch statistics are from the running ones.
+
+    The statistics are summed over every call a layer gets in one teacher
+    forward and compared in ``take``: a torch.export teacher with a static
+    batch runs a batch in chunks (``StaticBatchModule``), and the batch's
+    statistics, not a chunk's, are what the prior is about (issue 19's .pt2
+    teacher was exported for batch 2: per-chunk variances of two images).
+    """
 
     def __init__(self, layers: list[nn.BatchNorm2d]) -> None:
-        self.terms: list[torch.Tensor] = []
+        self.layers = layers
+        self.sums: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}  # id(layer) -> (count, sum, sum of squares)
         self.active = False
         self.handles = [layer.register_forward_pre_hook(self._hook) for layer in layers]
 
@@ -265,14 +273,22 @@ class _BatchNormPrior:
         if not self.active:
             return
         x = inputs[0].float()
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
-        self.terms.append(torch.linalg.vector_norm(mean - layer.running_mean) + torch.linalg.vector_norm(var - layer.running_var))
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        total, squares = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
+        if id(layer) in self.sums:
+            seen, seen_total, seen_squares = self.sums[id(layer)]
+            count, total, squares = count + seen, total + seen_total, squares + seen_squares
+        self.sums[id(layer)] = (count, total, squares)
 
     def take(self) -> torch.Tensor:
-        total = torch.stack(self.terms).sum() / len(self.terms)
-        self.terms = []
-        return total
+        terms = []
+        for layer in self.layers:
+            count, total, squares = self.sums[id(layer)]
+            mean = total / count
+            var = (squares / count - mean.square()).clamp_min(0)
+            terms.append(torch.linalg.vector_norm(mean - layer.running_mean) + torch.linalg.vector_norm(var - layer.running_var))
+        self.sums = {}
+        return torch.stack(terms).mean()
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -128,7 +128,9 @@ def _load_state_dict_model(path: Path, architecture: str, in_channels: int) -> n
 class StaticBatchModule(nn.Module):
     """Runs a program exported for a fixed batch size on batches of any size.
 
-    Batches are cut into chunks of the exported size; the last is padded.
+    Batches are cut into chunks of the exported size; the last is padded with
+    its own rows cycled (not zeros: hooks on the graph's batch-norm inputs,
+    the data-free BatchNorm prior, see real images only).
     """
 
     def __init__(self, program: nn.Module, batch_size: int) -> None:
@@ -143,7 +145,7 @@ class StaticBatchModule(nn.Module):
         for chunk in x.split(self.batch_size):
             n = chunk.shape[0]
             if n < self.batch_size:
-                chunk = torch.cat([chunk, chunk.new_zeros(self.batch_size - n, *chunk.shape[1:])])
+                chunk = chunk[torch.arange(self.batch_size, device=chunk.device) % n]
             outputs.append(self.program(chunk)[:n])
         return torch.cat(outputs)
 

@@ -101,14 +101,14 @@ def test_bn_prior_warms_the_generator_up_before_the_student_trains() -> None:
     """The student's first images already sit where the teacher's BatchNorm statistics say its inputs lie."""
     teacher = _bn_teacher()
     gaps, results = [], []
-    for warmup in (0, 15):
+    for warmup in (0, 30):
         seen: list[loop.Progress] = []
         config = _config(method="bn_prior", iterations=1, warmup_steps=warmup)
         results.append(datafree.distil_data_free(models.build("lenet5_half", 4, 1), teacher, SHAPE, config, on_progress=seen.append))
         gaps.append(_prior_gap(teacher, results[-1].generator))
     assert gaps[1] < 0.5 * gaps[0], gaps
-    assert seen[0].message.startswith("generator warm-up: 15 steps") and seen[0].step == 0
-    assert "warmed up for 15 steps" in results[1].recipe and "warmed up" not in results[0].recipe
+    assert seen[0].message.startswith("generator warm-up: 30 steps") and seen[0].step == 0
+    assert "warmed up for 30 steps" in results[1].recipe and "warmed up" not in results[0].recipe
     default = _config(method="bn_prior", iterations=400)
     assert default.warmup_steps == -1  # resolved from the iterations: 400 / 20 = 20 steps (see the recipe)
 
@@ -330,4 +330,16 @@ def test_batchnorm_is_reached_in_torchscript_and_exported_teachers(fmt: str, tmp
     prior.active = True
     reached.teacher(x).sum().backward()  # the generator's gradient flows through the reached teacher
     assert x.grad is not None and x.grad.abs().sum() > 0
-    assert len(prior.terms) >= expected and torch.isfinite(prior.take())
+    assert torch.isfinite(prior.take())
+
+    # The prior is about the whole batch's statistics, also where a static-batch program runs it in chunks of 2.
+    batch = torch.randn(6, *SHAPE)
+    gaps = []
+    for model in (reached.teacher, eager):
+        prior = datafree._BatchNormPrior(datafree.batchnorm_layers(model))
+        prior.active = True
+        with torch.no_grad():
+            model(batch)
+        prior.remove()
+        gaps.append(prior.take().item())
+    assert gaps[0] == pytest.approx(gaps[1], rel=1e-5)  # per-chunk statistics miss by 3e-4 here
