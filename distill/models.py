@@ -91,6 +91,33 @@ def lenet5_half(num_classes: int, in_channels: int) -> nn.Module:
     return LeNet5(num_classes, in_channels, width=0.5)
 
 
+# ------------------------------------------------- small CNNs with BatchNorm
+
+
+class SmallCNN(nn.Sequential):
+    """Three 3x3 conv-BatchNorm-ReLU blocks (``width``, 2x, 4x channels), global pooling, a linear head.
+
+    The student for data-free distillation from a BatchNorm teacher: issue 19's
+    MNIST CNN (98.25%) taught ``cnn_bn_16`` to 96.2% from generated images
+    alone, where LeNet-5-half, without BatchNorm, reached 53-75% (engine only,
+    200 iterations). Any input size.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, width: int) -> None:
+        layers: list[nn.Module] = []
+        for i, channels in enumerate((width, 2 * width, 4 * width)):
+            layers += [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+            layers.append(nn.MaxPool2d(2) if i < 2 else nn.AdaptiveAvgPool2d(1))
+            in_channels = channels
+        super().__init__(*layers, nn.Flatten(), nn.Linear(in_channels, num_classes))
+
+
+for _width in (8, 16, 32):
+    register(f"cnn_bn_{_width}")(
+        lambda num_classes, in_channels, width=_width: SmallCNN(num_classes, in_channels, width)
+    )
+
+
 # ----------------------------------------------------------- CIFAR ResNets
 
 

@@ -107,10 +107,22 @@ def test_bn_prior_warms_the_generator_up_before_the_student_trains() -> None:
         results.append(datafree.distil_data_free(models.build("lenet5_half", 4, 1), teacher, SHAPE, config, on_progress=seen.append))
         gaps.append(_prior_gap(teacher, results[-1].generator))
     assert gaps[1] < 0.5 * gaps[0], gaps
-    assert seen[0].message.startswith("generator warm-up: 30 steps") and seen[0].step == 0
+    told = [p for p in seen if not p.message.startswith("warning:")]
+    assert told[0].message.startswith("generator warm-up: 30 steps") and told[0].step == 0, told[0]
     assert "warmed up for 30 steps" in results[1].recipe and "warmed up" not in results[0].recipe
     default = _config(method="bn_prior", iterations=400)
     assert default.warmup_steps == -1  # resolved from the iterations: 400 / 20 = 20 steps (see the recipe)
+
+
+@pytest.mark.parametrize("student", ["lenet5_half", "cnn_bn_8"])
+def test_bn_prior_warns_about_a_student_without_batchnorm(student: str) -> None:
+    """Such students learn little from a BatchNorm teacher's generated images: the events and the recipe say so."""
+    seen: list[loop.Progress] = []
+    config = _config(method="bn_prior", iterations=1, warmup_steps=0)
+    result = datafree.distil_data_free(models.build(student, 4, 1), _bn_teacher(), SHAPE, config, on_progress=seen.append)
+    warned = [p.message for p in seen if p.message.startswith("warning: the student has no BatchNorm layers")]
+    assert bool(warned) == (student == "lenet5_half"), [p.message for p in seen]
+    assert ("prefer a student with BatchNorm" in result.recipe) == (student == "lenet5_half"), result.recipe
 
 
 def test_gradient_guard_caps_a_runaway_step_and_leaves_normal_ones() -> None:
