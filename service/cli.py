@@ -173,6 +173,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    from service.client import ProgressBar
+
+    with _client(args) as client:
+        job = client.retry(args.job_id)
+        print(f"{job.id} {pb.JobState.Name(job.state).removeprefix('JOB_STATE_')}")
+        if not args.wait:
+            return 0
+        job = client.wait(job.id, ProgressBar().update)
+    return _print_outcome(job)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from service.report import to_markdown
     from service.report_html import to_html
@@ -301,6 +313,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cancel", help="cancel a queued or running job")
     s.add_argument("job_id")
     s.set_defaults(fn=cmd_cancel)
+
+    s = sub.add_parser("retry", help="queue a failed job again: after training when its student.pt exists, else from its checkpoint")
+    s.add_argument("job_id")
+    s.add_argument("--wait", action="store_true", help="follow it to the end; exit 1 unless it succeeds")
+    s.set_defaults(fn=cmd_retry)
 
     s = sub.add_parser("report", help="a finished job's report")
     s.add_argument("job_id")

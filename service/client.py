@@ -129,6 +129,9 @@ class Client:
     def cancel(self, job_id: str) -> pb.Job:
         return self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
 
+    def retry(self, job_id: str) -> pb.Job:
+        return self.stub.RetryJob(pb.RetryJobRequest(job_id=job_id), timeout=self.timeout).job
+
     def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[pb.JobEvent]:
         for response in self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_sequence=after_sequence)):
             yield response.event

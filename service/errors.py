@@ -52,9 +52,12 @@ _CODE_BY_TYPE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (DataFreeFailedError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnknownArchitectureError, grpc.StatusCode.INVALID_ARGUMENT),
     (FileNotFoundError, grpc.StatusCode.INVALID_ARGUMENT),
+    # The server's disk or filesystem refused (full, read-only, ...): another try may work (RetryJob for a job).
+    (OSError, grpc.StatusCode.UNAVAILABLE),
     (TrainingDivergedError, grpc.StatusCode.ABORTED),
-    (ParityError, grpc.StatusCode.INTERNAL),
-    (ExportError, grpc.StatusCode.INTERNAL),
+    # The student is fine and kept (student.pt); ONNX cannot express it, or the file computes something else.
+    (ExportError, grpc.StatusCode.UNIMPLEMENTED),
+    (ParityError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]

@@ -77,7 +77,8 @@ class JobContext:
     # In a distributed job's training processes: each node's first reports progress, rank 0 alone checkpoints.
     rank: int = 0
     local_rank: int = 0
-    # The files this job ships: artifact name -> its file in the workdir, published at the end.
+    # The files this job ships: artifact name -> its file in the workdir, published at the end (student.pt and
+    # the data-free samples as soon as training ends).
     outputs: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,11 +87,17 @@ class JobContext:
         self.checkpoint_path = self.config.checkpoints_dir / f"{self.job_id}.pt"
         self.threads = self.config.threads_per_worker()
         self.archive_limits = model_formats.archive_limits(self.config.max_upload_bytes)
+        self.current_stage = ""  # the last stage announced: what a failure is reported against
 
     def output(self, name: str) -> Path:
         """The path to write artifact ``name`` to; it is published with the job."""
         self.outputs[name] = self.workdir / name
         return self.outputs[name]
+
+    def publish(self, name: str) -> None:
+        """Store output ``name`` as an artifact of the job now (it is stored again, unchanged or not, at the end)."""
+        sha, size = self.blobs.put_file(self.outputs[name])
+        self.store.put_artifact(self.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
 
     def model_row(self, model_id: str, role: str) -> pb.Model:
         row = self.store.get_model(model_id)
@@ -102,6 +109,7 @@ class JobContext:
 
     def stage(self, name: str, message: str = "") -> None:
         log.info("stage %s %s", name, message)
+        self.current_stage = name
         if self.local_rank != 0:
             return
         self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=STAGE_START[name], message=message))

@@ -46,6 +46,11 @@ def _judge_precisions(report: pb.Report) -> None:
     reference = next((v for v in report.variants if v.model == "student" and v.precision == "fp32"), None)
     for v in report.variants:
         v.recommended = True
+        if v.HasField("parity") and v.precision == "fp32" and not v.parity.within_tolerance:
+            # The FP32 file passed this check at export; another runtime or device running it may not.
+            v.recommended = False
+            v.note = f"not within parity of the PyTorch student: {parity_words(report, v.parity)}"
+            continue
         if v.model != "student" or v.precision == "fp32" or reference is None:
             continue
         if not (v.HasField("accuracy") and reference.HasField("accuracy")):
@@ -65,6 +70,15 @@ def _judge_precisions(report: pb.Report) -> None:
             # Tiny convolutions spend more on quantizing activations than they save: no reason to take it.
             v.recommended = False
             v.note += "; slower than the FP32 file at every batch size measured"
+
+
+def parity_words(report: pb.Report, parity: pb.Parity) -> str:
+    e = report.export
+    return (
+        f"max |diff| {parity.max_abs_diff:.2e} (relative {parity.max_rel_diff:.2e}; tolerance "
+        f"{e.parity_tolerance:.0e} + {e.parity_relative_tolerance:.0e} x |logit|), top-1 differs on "
+        f"{parity.top1_mismatch:.2f}% of {parity.samples}"
+    )
 
 
 def _judge_students(report: pb.Report) -> None:
@@ -278,8 +292,16 @@ def how_it_was_made(report: pb.Report) -> list[str]:
     if report.HasField("export"):
         lines.append(
             f"ONNX: opset {e.opset}, exported with {e.exporter}; onnxruntime matches PyTorch within "
-            f"{e.parity_max_abs_diff:.2e} (tolerance {e.parity_tolerance:.0e}) on {e.parity_samples} inputs."
+            f"{e.parity_max_abs_diff:.2e} (relative {e.parity_max_rel_diff:.2e}; tolerance {e.parity_tolerance:.0e} "
+            f"+ {e.parity_relative_tolerance:.0e} x |logit|, as numpy.allclose) on {e.parity_samples} inputs."
         )
+        checked = [v for v in report.variants if v.HasField("parity")]
+        if checked:
+            lines.append(
+                "Parity of each variant with the PyTorch student on the evaluation inputs (FP32 ones must be "
+                "within the tolerance; reduced precisions answer to the accuracy budget): "
+                + "; ".join(f"{v.name}: {parity_words(report, v.parity)}" for v in checked) + "."
+            )
     lines.append(
         "Latency: p50 of single calls after warm-up, at least the set number of runs and seconds each; "
         "peak memory is what the calls added above the resident weights."

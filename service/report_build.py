@@ -66,6 +66,11 @@ def build(
             device=v.device,
             execution_provider=v.execution_provider,
         )
+        if v.parity is not None:
+            row.parity.CopyFrom(pb.Parity(
+                samples=v.parity.samples, max_abs_diff=v.parity.max_abs_diff, max_rel_diff=v.parity.max_rel_diff,
+                top1_mismatch=100 * v.parity.top1_mismatch, within_tolerance=v.parity.within,
+            ))
         measured = eval_inputs.score(v.logits, teacher_card.logits)
         if measured is not None:
             row.accuracy.CopyFrom(

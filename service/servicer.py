@@ -232,6 +232,14 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             raise FailedPrecondition(f"job {job.id} has already ended ({state})")
         return pb.CancelJobResponse(job=await self._job(job.id))
 
+    @unary
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Any) -> pb.RetryJobResponse:
+        job = await self._job(request.job_id)
+        if not await self.supervisor.retry(job.id):
+            state = pb.JobState.Name((await self._job(job.id)).state)
+            raise FailedPrecondition(f"job {job.id} is {state}; only a FAILED job can be retried")
+        return pb.RetryJobResponse(job=await self._job(job.id))
+
     @streaming
     async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.WatchJobResponse]:
         job = await self._job(request.job_id)

@@ -78,7 +78,8 @@ class BenchmarkPlan:
 @dataclass(frozen=True)
 class ExportPlan:
     opset: int = 18
-    parity_tolerance: float = 1e-4
+    parity_tolerance: float = 1e-4  # absolute; with the relative one, judged as numpy.allclose does
+    parity_relative_tolerance: float = 1e-4
     dynamic_batch: bool = True
     exporters: tuple[str, ...] = (onnx_export.DYNAMO, onnx_export.TORCHSCRIPT)  # tried in order
     int8: bool = True
@@ -246,6 +247,8 @@ def _export_plan(e: pb.ExportSpec) -> ExportPlan:
     _in_range(opset, 13, 23, "export.opset")
     tolerance = _or_default(e.parity_tolerance, 1e-4)
     _in_range(tolerance, 1e-8, 1.0, "export.parity_tolerance")
+    relative = _digits(e.parity_relative_tolerance) if e.HasField("parity_relative_tolerance") else 1e-4
+    _in_range(relative, 0.0, 1.0, "export.parity_relative_tolerance")
     if e.exporter not in _EXPORTERS:
         raise InvalidArgument(f"export.exporter {e.exporter} is unknown")
     budget = _digits(e.accuracy_budget) if e.HasField("accuracy_budget") else 1.0
@@ -258,6 +261,7 @@ def _export_plan(e: pb.ExportSpec) -> ExportPlan:
     return ExportPlan(
         opset=opset,
         parity_tolerance=tolerance,
+        parity_relative_tolerance=relative,
         dynamic_batch=e.dynamic_batch if e.HasField("dynamic_batch") else True,
         exporters=_EXPORTERS[e.exporter],
         int8=e.int8 if e.HasField("int8") else True,

@@ -265,6 +265,19 @@ class Store:
             self._append_event(db, job_id, pb.JobEvent(state=state, message=message, progress=progress))
             return True
 
+    def reopen(self, job_id: str, message: str) -> bool:
+        """Put a FAILED job back in the queue (RetryJob), its artifacts and run time kept; False when it is not FAILED."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state, progress FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] != pb.JOB_STATE_FAILED:
+                return False
+            db.execute(
+                "UPDATE jobs SET state = ?, end_time = NULL, error_code = 0, error_message = '' WHERE id = ?",
+                (pb.JOB_STATE_QUEUED, job_id),
+            )
+            self._append_event(db, job_id, pb.JobEvent(state=pb.JOB_STATE_QUEUED, message=message, progress=row["progress"]))
+            return True
+
     def save_run_time(self, job_ids: list[str]) -> None:
         """Fold the running jobs' time so far into their saved run time (what survives a crash of the server)."""
         now = time.time()

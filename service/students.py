@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from google.protobuf import json_format
 from torchvision.utils import save_image
 
 from distill import distributed, engine, models
@@ -32,11 +34,13 @@ class Student:
     model: torch.nn.Module
     architecture: str
     is_onnx: bool = False  # an uploaded ONNX file: timed as it is, nothing to export
-    file: Path | None = None  # the uploaded file; None for a distilled student (saved at export)
+    file: Path | None = None  # the uploaded file; None for a distilled student (see ``saved``)
     # How it was made; all None for an uploaded student.
     training: pb.TrainingSummary | None = None
     data_free: pb.DataFreeSummary | None = None
     generator: Generator | None = None  # data-free: makes evaluation inputs when there is no dataset
+    saved: Path | None = None  # a distilled student's student.pt, published as soon as training ended
+    retried: bool = False  # trained by an earlier attempt of this job (RetryJob), not again
 
 
 def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: Callable[..., Any]) -> Student:
@@ -52,6 +56,9 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
             student.model.to(device)
         return student
     ctx.stage("build_student", plan.student_architecture)
+    earlier = _trained_earlier(ctx, plan, inputs)
+    if earlier is not None:
+        return earlier
     student = Student(new_model(plan, inputs), plan.student_architecture)
     if plan.distributed:
         student.training, result = distil_on_ranks(ctx, plan, student.model, rank_entry)
@@ -64,6 +71,35 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
         torch.save(result.generator.cpu().to_checkpoint(), ctx.output("generator.pt"))
         student.data_free = convert.data_free_summary(result, plan.data_free.config, check, samples_artifact="samples.png")
         student.generator = result.generator
+    # Published now: whatever a later stage does, the trained student is never lost, and a retry starts from it.
+    student.saved = save(ctx, plan, student, inputs)
+    for name in TRAINED_ARTIFACTS:
+        if name in ctx.outputs:
+            ctx.publish(name)
+    return student
+
+
+TRAINED_ARTIFACTS = ("student.pt", "samples.png", "generator.pt")  # what training leaves, published when it ends
+
+
+def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> Student | None:
+    """The student an earlier attempt of this job trained and published, when there is one (RetryJob)."""
+    published = {a.name: a for a in ctx.store.list_artifacts(ctx.job_id)}
+    if "student.pt" not in published:
+        return None
+    for name in TRAINED_ARTIFACTS:  # into this attempt's outputs, so that they ship with the rest
+        if name in published:
+            shutil.copyfile(ctx.blobs.path(published[name].sha256), ctx.output(name))
+    saved = torch.load(ctx.outputs["student.pt"], map_location="cpu", weights_only=True)
+    model = new_model(plan, inputs)
+    model.load_state_dict(saved["state_dict"])
+    student = Student(model, plan.student_architecture, saved=ctx.outputs["student.pt"], retried=True,
+                      training=json_format.Parse(saved["training"], pb.TrainingSummary()))
+    if saved["data_free"]:
+        student.data_free = json_format.Parse(saved["data_free"], pb.DataFreeSummary())
+        checkpoint = torch.load(ctx.outputs["generator.pt"], map_location="cpu", weights_only=True)
+        student.generator = Generator.from_checkpoint(checkpoint).to(plan.training.device)
+    ctx.stage("distil", "retry: the student trained by the earlier attempt (student.pt) is used; no training again")
     return student
 
 
@@ -150,8 +186,12 @@ def uploaded(ctx: JobContext, model_id: str, inputs: JobInputs) -> Student:
     return Student(loaded.model, row.architecture or loaded.architecture, row.format == pb.MODEL_FORMAT_ONNX, path)
 
 
-def save(ctx: JobContext, plan: specs.JobPlan, student: torch.nn.Module, inputs: JobInputs) -> Path:
-    """student.pt: the weights with what it takes to rebuild and feed the student (see exporters/predict.py)."""
+def save(ctx: JobContext, plan: specs.JobPlan, student: Student, inputs: JobInputs) -> Path:
+    """student.pt: the weights with what it takes to rebuild and feed the student, and how it was made.
+
+    ``job_spec`` is the spec that made it, ``training`` and ``data_free`` its
+    TrainingSummary and DataFreeSummary ("" when not data-free), all as JSON.
+    """
     splits, num_classes = inputs.splits, inputs.teacher.num_classes
     normalization = splits.normalization if splits else None
     path = ctx.output("student.pt")
@@ -164,7 +204,10 @@ def save(ctx: JobContext, plan: specs.JobPlan, student: torch.nn.Module, inputs:
             # Empty without a dataset: the student takes the inputs the teacher took, normalised the same way.
             "mean": normalization.mean if normalization else [],
             "std": normalization.std if normalization else [],
-            "state_dict": student.state_dict(),
+            "state_dict": student.model.state_dict(),
+            "job_spec": json_format.MessageToJson(ctx.store.get_job(ctx.job_id).spec),
+            "training": json_format.MessageToJson(student.training) if student.training else "",
+            "data_free": json_format.MessageToJson(student.data_free) if student.data_free else "",
         },
         path,
     )

@@ -145,6 +145,20 @@ class Supervisor:
         (self.config.checkpoints_dir / f"{job_id}.pt").unlink(missing_ok=True)
         return True
 
+    async def retry(self, job_id: str) -> bool:
+        """Queue a FAILED job again; False when it is not FAILED. It resumes after its last finished stage
+        (a published student.pt: no training again; else its training checkpoint)."""
+        reopened, process = await self.store_thread.run(self._reopen, job_id)
+        if process is not None:  # the failed attempt's worker, still exiting
+            await asyncio.to_thread(process.join)
+        return reopened
+
+    def _reopen(self, job_id: str) -> tuple[bool, BaseProcess | None]:
+        """On the store's thread: back to QUEUED; the failed attempt's worker is no longer this job's process."""
+        if not self.store.reopen(job_id, "retry requested: queued again"):
+            return False, None
+        return True, self.running.pop(job_id, None)
+
     def _mark_cancelled(self, job_id: str) -> tuple[bool, BaseProcess | None]:
         """On the store's thread: the job reads CANCELLED and its worker is killed, never half-way through a tick."""
         if not self.store.transition(

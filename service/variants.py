@@ -12,6 +12,7 @@ import torch
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.data import ImageData, Normalization, resize
 from distill.evaluate import AccuracyResult, accuracy
+from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher, quantize
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import specs
@@ -81,6 +82,7 @@ class Variant:
     execution_provider: str = ""
     precision: str = "fp32"  # fp32 | int8 static | int8 dynamic
     artifact: str = ""  # the shipped file it runs from
+    parity: onnx_export.ParityResult | None = None  # a student's ONNX variant against the PyTorch FP32 student
 
     @property
     def name(self) -> str:
@@ -141,13 +143,16 @@ def export(
         exported = onnx_export.export_onnx(model, parity_inputs[:2], path, options.opset, options.dynamic_batch,
                                            options.exporters)
         session = onnx_export.session(path, num_threads=ctx.threads)
-        parity = onnx_export.validate(session, model, parity_inputs, options.parity_tolerance)
+        parity = onnx_export.validate(session, model, parity_inputs, options.parity_tolerance,
+                                      options.parity_relative_tolerance)
     except (onnx_export.ExportError, onnx_export.ParityError) as e:
         if not plan.benchmark_only:
             raise
         ctx.outputs.pop("student.onnx")
         return Exported(None, notes=[f"the uploaded student was not measured in onnxruntime: {e}"])
     timing_threads = plan.benchmark.num_threads or ctx.threads
+    # Each variant's parity is against the student in PyTorch on the CPU (on a GPU, TF32 convolutions alone differ by ~1e-3).
+    reference = fp32.logits if fp32.device == "cpu" else predict(model, inputs.batches(), "cpu")
     providers = [CPU_EP] + ([CUDA_EP] if CUDA_EP in onnxruntime.get_available_providers() else [])
     result = Exported(pb.ExportSummary(
         opset=exported.opset,
@@ -156,12 +161,13 @@ def export(
         parity_max_rel_diff=parity.max_rel_diff,
         parity_top1_mismatch=100 * parity.top1_mismatch,
         parity_tolerance=parity.tolerance,
+        parity_relative_tolerance=parity.relative_tolerance,
         parity_samples=parity.samples,
         dynamic_batch=options.dynamic_batch,
         accuracy_budget=options.accuracy_budget,
         input_shape=parity_inputs.shape[1:],
     ))
-    result.variants += [_onnx_variant(ctx, fp32, "student.onnx", inputs, p, timing_threads) for p in providers]
+    result.variants += [_onnx_variant(ctx, options, fp32, reference, "student.onnx", inputs, p, timing_threads) for p in providers]
     reduced = []  # a benchmark-only job measures the models it was given, nothing more
     if options.int8 and not plan.benchmark_only:
         reduced += [(quantize.STATIC, "student.int8.onnx"), (quantize.DYNAMIC, "student.int8-dynamic.onnx")]
@@ -177,15 +183,15 @@ def export(
             result.notes.append(f"no {kind} variant: {str(e).splitlines()[0][:300]}")
             continue
         ctx.output(name)
-        result.variants.append(_onnx_variant(ctx, fp32, name, inputs, CPU_EP, timing_threads, precision=kind))
+        result.variants.append(_onnx_variant(ctx, options, fp32, reference, name, inputs, CPU_EP, timing_threads, precision=kind))
     return result
 
 
 def _onnx_variant(
-    ctx: JobContext, fp32: Variant, name: str, inputs: EvalInputs, provider: str, timing_threads: int,
-    precision: str = "fp32",
+    ctx: JobContext, options: specs.ExportPlan, fp32: Variant, reference: torch.Tensor, name: str, inputs: EvalInputs,
+    provider: str, timing_threads: int, precision: str = "fp32",
 ) -> Variant:
-    """A shipped ONNX file in onnxruntime: its logits on the evaluation inputs, and how to time it."""
+    """A shipped ONNX file in onnxruntime: its logits and parity on the evaluation inputs, and how to time it."""
     path = ctx.outputs[name]
     session = onnx_export.session(path, ctx.threads, [provider])
     logits = torch.from_numpy(onnx_export.predict(session, (x.numpy() for x in inputs.batches())))
@@ -195,8 +201,10 @@ def _onnx_variant(
         max_batch=onnx_export.static_batch(session),
     )
     device = "cuda" if provider == CUDA_EP else "cpu"
+    parity = onnx_export.compare(logits.numpy(), reference.float().numpy(), options.parity_tolerance,
+                                 options.parity_relative_tolerance)
     return Variant("student", "onnxruntime", runner, logits, path.stat().st_size, fp32.parameters, fp32.macs, device,
-                   provider, precision, name)
+                   provider, precision, name, parity)
 
 
 def benchmark(

@@ -66,8 +66,9 @@ def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
     # A teacher that asks for more fails this job with RESOURCE_EXHAUSTED; training processes inherit the limit.
     limit_memory(config.job_memory_bytes())
     store = Store(config.db_path)
+    ctx = JobContext(config, store, job_id, stop)
     try:
-        run(JobContext(config, store, job_id, stop))
+        run(ctx)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: let the ending be written whole
         store.transition(job_id, pb.JOB_STATE_SUCCEEDED, "succeeded")
     except Interrupted as e:  # the supervisor requeues the job; it resumes from its checkpoint
@@ -81,9 +82,23 @@ def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
                 f"the job needed more memory than its limit of {config.job_memory_bytes() / 2**30:.1f} GiB "
                 f"(--job-memory-limit): {out_of_memory(e)[:500]}"
             )
-        store.transition(job_id, pb.JOB_STATE_FAILED, describe(e), status_code(e).value[0])
+        store.transition(job_id, pb.JOB_STATE_FAILED, _failure_message(ctx, e), status_code(e).value[0])
     finally:
         store.close()
+
+
+def _failure_message(ctx: JobContext, error: BaseException) -> str:
+    """The error, and for a stage after training, which one failed and that the trained student is kept."""
+    kept = "student.pt" in ctx.outputs and ctx.current_stage in AFTER_TRAINING
+    if not kept or isinstance(error, DataFreeFailedError):  # a verdict on the student, not a stage that broke
+        return describe(error)
+    return (
+        f"the {ctx.current_stage} stage failed; the trained student is kept (student.pt) and RetryJob goes on "
+        f"from after training: {describe(error)}"
+    )
+
+
+AFTER_TRAINING = ("evaluate", "export", "benchmark", "report")
 
 
 def rank_main(config: ServerConfig, job_id: str, worker_pid: int) -> tuple[bytes, dict[str, Any] | None]:
@@ -158,10 +173,11 @@ def run(ctx: JobContext) -> None:
         measured.append(variants.torch_variant("student", student.model, student_logits, student.file.stat().st_size,
                                                student_shape, "cpu", onnx=True))
     else:
-        file = student.file or students.save(ctx, plan, student.model, inputs)
+        file = student.file or student.saved
+        assert file is not None
         student.model.to(device)
         measured.append(variants.torch_variant("student", student.model, student_logits, file.stat().st_size,
-                                               student_shape, device, artifact="" if student.file else "student.pt",
+                                               student_shape, device, artifact="student.pt" if student.saved else "",
                                                inputs=student_inputs))
         exported = variants.export(ctx, plan, student.model.cpu(), student_inputs, measured[-1])  # from the CPU
         student.model.to(device)
@@ -170,6 +186,8 @@ def run(ctx: JobContext) -> None:
 
     ctx.stage("benchmark")
     latency, skipped = variants.benchmark(ctx, plan.benchmark, measured, eval_inputs)
+    if student.retried:
+        notes.append("retried (RetryJob): the student is the one the failed attempt trained; training did not run again")
 
     ctx.stage("report")
     report = report_build.build(ctx.job_id, plan, inputs, student, student_shape, measured, eval_inputs, latency,
@@ -220,8 +238,7 @@ def _publish(ctx: JobContext, report: pb.Report, inputs: JobInputs, with_bundle:
     ctx.output("report.json").write_text(json_format.MessageToJson(report, preserving_proto_field_name=True))
     ctx.output("report.md").write_text(report_format.to_markdown(report))
     ctx.output("report.html").write_text(report_html.to_html(report))
-    for name, path in ctx.outputs.items():
-        sha, size = ctx.blobs.put_file(path)
-        ctx.store.put_artifact(ctx.job_id, pb.Artifact(name=name, sha256=sha, size_bytes=size))
+    for name in ctx.outputs:
+        ctx.publish(name)
     ctx.checkpoint_path.unlink(missing_ok=True)
     shutil.rmtree(ctx.workdir, ignore_errors=True)

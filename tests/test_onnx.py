@@ -14,7 +14,7 @@ from distill.benchmark import count_macs
 from exporters import onnx_export, onnx_teacher
 
 
-@pytest.mark.parametrize("architecture", ["lenet5_half", "resnet8_cifar"])
+@pytest.mark.parametrize("architecture", ["lenet5_half", "resnet8_cifar", "cnn_bn_8"])
 def test_export_runs_any_batch_within_tolerance(tmp_path: Path, architecture: str) -> None:
     model = models.build(architecture, 10, 3).eval()
     result = onnx_export.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "m.onnx")
@@ -34,6 +34,32 @@ def test_parity_failure_names_output_and_numbers(tmp_path: Path) -> None:
     other = models.build("lenet5_half", 10, 1).eval()  # different weights
     with pytest.raises(onnx_export.ParityError, match=r"output 'logits'.*differs from PyTorch by up to"):
         onnx_export.validate(onnx_export.session(result.path), other, torch.randn(20, 1, 28, 28))
+
+
+def test_parity_is_relative_to_the_logits_magnitude(tmp_path: Path) -> None:
+    """Issue 21: logits in the thousands differ by ~1e-4 in float32 arithmetic; that is a match, not a failure."""
+    model = models.build("lenet5_half", 10, 1).eval()
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(5000)
+        model.classifier[-1].bias.mul_(5000)
+    inputs = torch.randn(64, 1, 28, 28)
+    with torch.no_grad():
+        assert model(inputs).abs().max() > 100
+    result = onnx_export.export_onnx(model, inputs[:2], tmp_path / "m.onnx")
+    parity = onnx_export.validate(onnx_export.session(result.path), model, inputs)
+    assert parity.within and parity.top1_mismatch == 0
+
+
+def test_compare_judges_as_numpy_allclose_does_with_top1() -> None:
+    expected = np.array([[1000.0, -1000.0, 3.0], [0.001, 0.0, -0.001]])
+    close = expected * (1 + 5e-5)  # 0.05 off at 1000: within 1e-4 + 1e-4 x 1000
+    assert onnx_export.compare(close, expected, 1e-4, 1e-4).within
+    assert not onnx_export.compare(close, expected, 1e-4, 0.0).allclose  # absolute alone: over
+    far = expected.copy()
+    far[1] = [0.0, 0.001, -0.001]  # small logits, off by 1e-3: over, and the top-1 moved
+    parity = onnx_export.compare(far, expected, 1e-4, 1e-4)
+    assert not parity.allclose and parity.top1_mismatch == 0.5 and not parity.within
+    assert "top-1 differs on 50.00%" in parity.describe()
 
 
 def test_onnx_matches_torch_numerically(tmp_path: Path) -> None:

@@ -362,6 +362,40 @@ def test_training_keeps_its_priority_when_the_api_is_flooded(client: Client, tea
         client.cancel(job.id)
 
 
+def test_a_job_failing_after_training_keeps_its_student_and_is_retried_from_there(
+    client: Client, teacher_model: pb.Model, server, tmp_path: Path
+) -> None:
+    """Issue 21: an export that fails must not throw away the trained student, and a retry must not train again."""
+    job = client.create_job(tiny_spec(teacher_model.id))
+    # A directory where the exporter writes student.onnx: the disk refuses the export, as a full one would.
+    blocker = server[1] / "tmp" / job.id / "student.onnx"
+    blocker.mkdir(parents=True)
+    (blocker / "keep").write_text("")
+    failed = client.wait(job.id)
+    assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert failed.error.message.startswith("the export stage failed; the trained student is kept (student.pt)")
+    assert [a.name for a in failed.artifacts] == ["student.pt"]
+    first = torch.load(client.download(job.id, "student.pt", tmp_path / "first.pt"), weights_only=True)
+    assert '"epochs": 4' in first["training"] and '"epochs": 4' in first["job_spec"]
+    trained_events = len([e for e in client.watch(job.id) if e.stage == "distil" and e.total_steps])
+
+    assert rpc_error(client.retry, "j-missing").code() == grpc.StatusCode.NOT_FOUND
+    blocker.joinpath("keep").unlink()
+    blocker.rmdir()
+    assert client.retry(job.id).state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING)
+    done = client.wait(job.id)
+    assert done.state == pb.JOB_STATE_SUCCEEDED, done.error.message
+    events = list(client.watch(job.id))
+    assert len([e for e in events if e.stage == "distil" and e.total_steps]) == trained_events  # no step trained again
+    assert any(e.message.startswith("retry: the student trained by the earlier attempt") for e in events)
+    second = torch.load(client.download(job.id, "student.pt", tmp_path / "second.pt"), weights_only=True)
+    assert all(torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
+    report = client.report(job.id)
+    assert report.training.epochs == 4 and any(n.startswith("retried (RetryJob)") for n in report.notes)
+    assert {"student.onnx", "report.json"} <= {a.name for a in done.artifacts}
+    assert rpc_error(client.retry, job.id).code() == grpc.StatusCode.FAILED_PRECONDITION  # only FAILED jobs
+
+
 def test_cancel_ends_the_worker(client: Client, teacher_model: pb.Model, server) -> None:
     job = client.create_job(long_spec(teacher_model.id))
     wait_for_step(client, job.id, 1)

@@ -107,6 +107,23 @@ def test_reduced_precision_is_judged_on_accuracy_and_speed(report: pb.Report) ->
     assert report.student_lowest_latency.p50_ms == 0.4
 
 
+def test_an_fp32_variant_out_of_parity_is_flagged_not_recommended(report: pb.Report) -> None:
+    report.export.parity_tolerance, report.export.parity_relative_tolerance = 1e-4, 1e-4
+    onnx = report.variants[2]
+    onnx.parity.CopyFrom(pb.Parity(samples=512, max_abs_diff=0.3, max_rel_diff=0.02, top1_mismatch=1.5, within_tolerance=False))
+    cuda = _variant("student", "onnxruntime", 98.5, {1: 0.4, 32: 4.0})
+    cuda.name = "student / onnxruntime (CUDA)"
+    cuda.parity.CopyFrom(pb.Parity(samples=512, max_abs_diff=2e-4, max_rel_diff=1e-6, within_tolerance=True))
+    report.variants.append(cuda)
+    report_format.finish(report)
+    cuda = report.variants[3]  # append stored a copy
+    assert not onnx.recommended and onnx.note.startswith("not within parity of the PyTorch student: max |diff| 3.00e-01")
+    assert cuda.recommended
+    assert report.student_lowest_latency.variant == "student / onnxruntime (CUDA)"  # the flagged one is never picked
+    md = report_format.to_markdown(report)
+    assert "Parity of each variant with the PyTorch student" in md and "top-1 differs on 1.50% of 512" in md
+
+
 def _finished(teacher_top1: float, student_top1: float, num_classes: int = 10) -> pb.Report:
     return report_format.finish(
         pb.Report(

@@ -414,7 +414,7 @@ class TrainingSpec(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., seed: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget", "fp16", "input_size")
+    __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget", "fp16", "input_size", "parity_relative_tolerance")
     OPSET_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     DYNAMIC_BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -423,6 +423,7 @@ class ExportSpec(_message.Message):
     ACCURACY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     FP16_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PARITY_RELATIVE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     opset: int
     parity_tolerance: float
     dynamic_batch: bool
@@ -431,7 +432,8 @@ class ExportSpec(_message.Message):
     accuracy_budget: float
     fp16: bool
     input_size: ImageSize
-    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., exporter: _Optional[_Union[OnnxExporter, str]] = ..., int8: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., fp16: _Optional[bool] = ..., input_size: _Optional[_Union[ImageSize, _Mapping]] = ...) -> None: ...
+    parity_relative_tolerance: float
+    def __init__(self, opset: _Optional[int] = ..., parity_tolerance: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., exporter: _Optional[_Union[OnnxExporter, str]] = ..., int8: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., fp16: _Optional[bool] = ..., input_size: _Optional[_Union[ImageSize, _Mapping]] = ..., parity_relative_tolerance: _Optional[float] = ...) -> None: ...
 
 class ImageSize(_message.Message):
     __slots__ = ("height", "width")
@@ -588,6 +590,18 @@ class CancelJobResponse(_message.Message):
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
+class RetryJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class RetryJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "after_sequence")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -739,7 +753,7 @@ class ModelCard(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Variant(_message.Message):
-    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency", "parameters", "macs", "top1_delta_vs_teacher", "device", "execution_provider", "artifact", "recommended", "note")
+    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency", "parameters", "macs", "top1_delta_vs_teacher", "device", "execution_provider", "artifact", "recommended", "note", "parity")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -755,6 +769,7 @@ class Variant(_message.Message):
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDED_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    PARITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     runtime: str
@@ -770,7 +785,22 @@ class Variant(_message.Message):
     artifact: str
     recommended: bool
     note: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., top1_delta_vs_teacher: _Optional[float] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., artifact: _Optional[str] = ..., recommended: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
+    parity: Parity
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., top1_delta_vs_teacher: _Optional[float] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., artifact: _Optional[str] = ..., recommended: _Optional[bool] = ..., note: _Optional[str] = ..., parity: _Optional[_Union[Parity, _Mapping]] = ...) -> None: ...
+
+class Parity(_message.Message):
+    __slots__ = ("samples", "max_abs_diff", "max_rel_diff", "top1_mismatch", "within_tolerance")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_REL_DIFF_FIELD_NUMBER: _ClassVar[int]
+    TOP1_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    samples: int
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_mismatch: float
+    within_tolerance: bool
+    def __init__(self, samples: _Optional[int] = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., top1_mismatch: _Optional[float] = ..., within_tolerance: _Optional[bool] = ...) -> None: ...
 
 class Accuracy(_message.Message):
     __slots__ = ("samples", "top1", "top5", "agreement_with_teacher")
@@ -835,7 +865,7 @@ class TrainingSummary(_message.Message):
     def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ...) -> None: ...
 
 class ExportSummary(_message.Message):
-    __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact", "input_shape")
+    __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact", "input_shape", "parity_relative_tolerance")
     OPSET_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
     PARITY_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
@@ -847,6 +877,7 @@ class ExportSummary(_message.Message):
     ACCURACY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PARITY_RELATIVE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     opset: int
     exporter: str
     parity_max_abs_diff: float
@@ -858,7 +889,8 @@ class ExportSummary(_message.Message):
     accuracy_budget: float
     bundle_artifact: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ..., parity_max_rel_diff: _Optional[float] = ..., parity_top1_mismatch: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., bundle_artifact: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    parity_relative_tolerance: float
+    def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ..., parity_max_rel_diff: _Optional[float] = ..., parity_top1_mismatch: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., bundle_artifact: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., parity_relative_tolerance: _Optional[float] = ...) -> None: ...
 
 class Environment(_message.Message):
     __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers", "python_version", "platform")

@@ -64,6 +64,11 @@ class DistillationServiceStub:
                 request_serializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/distillery.v1.DistillationService/RetryJob',
+                request_serializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/distillery.v1.DistillationService/WatchJob',
                 request_serializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.WatchJobRequest.SerializeToString,
@@ -126,6 +131,16 @@ class DistillationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """Queues a FAILED job again (else FAILED_PRECONDITION). A job whose
+        student was trained (student.pt among its artifacts) goes on from after
+        training, with that student; one that failed in training resumes from
+        its last checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Replays the job's events after `after_sequence`, then follows live ones;
         the stream ends when the job ends.
@@ -179,6 +194,11 @@ def add_DistillationServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.CancelJobRequest.FromString,
                     response_serializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.RetryJobRequest.FromString,
+                    response_serializer=protos_dot_distillery_dot_v1_dot_distillery__pb2.RetryJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -358,6 +378,33 @@ class DistillationService:
             '/distillery.v1.DistillationService/CancelJob',
             protos_dot_distillery_dot_v1_dot_distillery__pb2.CancelJobRequest.SerializeToString,
             protos_dot_distillery_dot_v1_dot_distillery__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.v1.DistillationService/RetryJob',
+            protos_dot_distillery_dot_v1_dot_distillery__pb2.RetryJobRequest.SerializeToString,
+            protos_dot_distillery_dot_v1_dot_distillery__pb2.RetryJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
