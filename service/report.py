@@ -19,13 +19,22 @@ FAR_BELOW_TEACHER_POINTS = 10.0
 def finish(report: pb.Report) -> pb.Report:
     """Fill the derived fields of a report whose measurements are in place."""
     teacher = teacher_variant(report)
+    in_pytorch = next((t for t in report.variants if t.model == "teacher" and t.runtime == "pytorch"), None)
     for v in report.variants:
         if teacher is not None and teacher.HasField("accuracy") and v.HasField("accuracy"):
             v.top1_delta_vs_teacher = v.accuracy.top1 - teacher.accuracy.top1
+        # Like for like: the teacher in this variant's runtime and execution provider when it ran there.
+        baseline = next((t for t in report.variants if t.model == "teacher" and t.runtime == v.runtime
+                         and t.execution_provider == v.execution_provider), teacher)
+        if baseline is not None:
+            v.speedup_baseline = baseline.name
         for lat in v.latency:
-            base = latency_at(teacher, lat.batch_size) if teacher is not None else None
+            base = latency_at(baseline, lat.batch_size) if baseline is not None else None
             if base is not None and lat.p50_ms > 0:
                 lat.speedup_vs_teacher = base.p50_ms / lat.p50_ms
+            cross = latency_at(in_pytorch, lat.batch_size) if in_pytorch is not None else None
+            if cross is not None and lat.p50_ms > 0 and baseline is not in_pytorch:
+                lat.speedup_vs_teacher_pytorch = cross.p50_ms / lat.p50_ms
     _judge_precisions(report)
     _judge_students(report)
     # The picks (and the summary) speak only of variants a user may take.
@@ -137,7 +146,8 @@ def latency_at(variant: pb.Variant, batch_size: int) -> pb.Latency | None:
 
 
 def summary(report: pb.Report) -> str:
-    """"student is 4.1x faster at batch 1 (student / onnxruntime), 0.30 points less accurate (top-1)".
+    """"student is 2.1x faster than the teacher in onnxruntime at batch 1 (student / onnxruntime; 8.0x against
+    teacher / pytorch), 0.30 points less accurate (top-1)": the speedup is same-runtime wherever the teacher ran there.
 
     When no student variant may be taken, the line says why first: its accuracy, not its speed.
     """
@@ -149,8 +159,17 @@ def summary(report: pb.Report) -> str:
         return f"no student variant is recommended ({first.name}: {first.note})"
     pick = report.student_lowest_latency
     fastest = next(v for v in report.variants if v.name == pick.variant)
-    speedup = latency_at(fastest, pick.batch_size).speedup_vs_teacher
-    speed_words = f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
+    timed = latency_at(fastest, pick.batch_size)
+    speed_words = _times(timed.speedup_vs_teacher)
+    baseline = next((v for v in report.variants if v.name == fastest.speedup_baseline), None)
+    if baseline is not None and baseline.runtime == fastest.runtime:
+        also = (f"; {_times(timed.speedup_vs_teacher_pytorch)} than teacher / pytorch"
+                if timed.HasField("speedup_vs_teacher_pytorch") else "")
+        speed_words = (f"{speed_words} than the teacher in {fastest.runtime} at batch {pick.batch_size} "
+                       f"({pick.variant}{also})")
+    else:  # the teacher could not run in the student's runtime: say that the runtimes differ
+        speed_words = (f"{speed_words} at batch {pick.batch_size} ({pick.variant} against "
+                       f"{fastest.speedup_baseline}: different runtimes)")
     if not fastest.HasField("top1_delta_vs_teacher"):
         if report.HasField("data_free"):
             accuracy_words = (
@@ -166,7 +185,11 @@ def summary(report: pb.Report) -> str:
             if abs(delta) >= 0.005
             else "as accurate (top-1)"
         )
-    return f"student is {speed_words} at batch {pick.batch_size} ({pick.variant}), {accuracy_words}"
+    return f"student is {speed_words}, {accuracy_words}"
+
+
+def _times(speedup: float) -> str:
+    return f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
 
 
 def best_latency_line(report: pb.Report) -> str:
@@ -216,6 +239,12 @@ def variant_rows(report: pb.Report) -> list[list[str]]:
         verdict = ("yes" if v.recommended else "NO") + (f" ({v.note})" if v.note else "")
         rows.append(cells + [count(v.parameters), count(v.macs), size(v.file_size_bytes), verdict if v.model == "student" else ""])
     return rows
+
+
+SPEEDUP_NOTE = (
+    "Speedups are against the teacher in the same runtime (teacher / onnxruntime for onnxruntime variants) "
+    "wherever the teacher could run there, else against teacher / pytorch."
+)
 
 
 def speed_rows(report: pb.Report) -> list[list[str]]:
@@ -331,7 +360,7 @@ def to_markdown(report: pb.Report) -> str:
     if report.HasField("student_lowest_latency"):
         lines += [best_latency_line(report), ""]
     lines += ["## Side by side", ""] + _table(variant_rows(report))
-    lines += ["", "## p50 latency (ms; speedup against the teacher at the same batch size)", ""]
+    lines += ["", "## p50 latency (ms; speedup against the teacher at the same batch size)", "", SPEEDUP_NOTE, ""]
     lines += _table(speed_rows(report))
     lines += ["", "## Latency detail (ms)", ""] + _table(latency_rows(report))
     if report.per_class:

@@ -53,7 +53,8 @@ def to_html(report: pb.Report) -> str:
     parts += ["<h2>Side by side</h2>", _table(report_format.variant_rows(report))]
     parts += [
         "<h2>p50 latency (ms)</h2>",
-        '<p class="muted">Per call; in brackets the speedup against the teacher at the same batch size.</p>',
+        '<p class="muted">Per call; in brackets the speedup against the teacher at the same batch size. '
+        f"{html.escape(report_format.SPEEDUP_NOTE)}</p>",
         _table(report_format.speed_rows(report)),
     ]
     parts += ["<h2>Latency detail (ms)</h2>", _table(report_format.latency_rows(report))]

@@ -187,6 +187,34 @@ def export(
     return result
 
 
+def teacher_in_onnxruntime(
+    ctx: JobContext, plan: specs.JobPlan, teacher: torch.nn.Module, in_pytorch: Variant, inputs: EvalInputs
+) -> tuple[Variant | None, str]:
+    """The teacher exported to ONNX and run by onnxruntime (CPU), so that the student is compared like for like.
+
+    Not shipped. A teacher that does not export, or whose file does not match it, is timed in PyTorch only;
+    the returned note says why.
+    """
+    options = plan.export
+    path = ctx.workdir / "teacher.onnx"
+    parity_inputs = inputs.first(PARITY_SAMPLES)
+    try:
+        onnx_export.export_onnx(teacher, parity_inputs[:2], path, options.opset, True, options.exporters)
+        session = onnx_export.session(path, num_threads=ctx.threads)
+        onnx_export.validate(session, teacher, parity_inputs, options.parity_tolerance, options.parity_relative_tolerance)
+    except (onnx_export.ExportError, onnx_export.ParityError) as e:
+        return None, f"the teacher was timed in PyTorch only, not in onnxruntime: {str(e)[:300]}"
+    logits = torch.from_numpy(onnx_export.predict(session, (x.numpy() for x in inputs.batches())))
+    timing_threads = plan.benchmark.num_threads or ctx.threads
+    runner = Runner(
+        open=lambda: onnx_export.runner(onnx_export.session(path, timing_threads, [CPU_EP])),
+        prepare=lambda batch: batch.numpy(),
+        max_batch=onnx_export.static_batch(session),
+    )
+    return Variant("teacher", "onnxruntime", runner, logits, path.stat().st_size, in_pytorch.parameters,
+                   in_pytorch.macs, "cpu", CPU_EP), ""
+
+
 def _onnx_variant(
     ctx: JobContext, options: specs.ExportPlan, fp32: Variant, reference: torch.Tensor, name: str, inputs: EvalInputs,
     provider: str, timing_threads: int, precision: str = "fp32",

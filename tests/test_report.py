@@ -56,7 +56,27 @@ def test_speedups_deltas_and_picks_are_computed_once(report: pb.Report) -> None:
     low, high = report.student_lowest_latency, report.student_highest_throughput
     assert (low.variant, low.batch_size, low.p50_ms) == ("student / onnxruntime", 1, 0.5)
     assert (high.variant, high.batch_size) == ("student / onnxruntime", 32)
-    assert report.summary == "student is 8.0x faster at batch 1 (student / onnxruntime), 0.50 points less accurate (top-1)"
+    assert report.summary == (
+        "student is 8.0x faster at batch 1 (student / onnxruntime against teacher / pytorch: different runtimes), "
+        "0.50 points less accurate (top-1)"
+    )
+
+
+def test_the_headline_speedup_is_same_runtime_when_the_teacher_ran_there(report: pb.Report) -> None:
+    """Issue 21: teacher / pytorch against student / onnxruntime mixes the runtime change into the speedup."""
+    teacher_onnx = _variant("teacher", "onnxruntime", 99.0, {1: 1.0, 32: 20.0})
+    report.variants.insert(1, teacher_onnx)
+    report_format.finish(report)
+    onnx = report.variants[3]
+    assert onnx.speedup_baseline == "teacher / onnxruntime"
+    assert [lat.speedup_vs_teacher for lat in onnx.latency] == [pytest.approx(2.0), pytest.approx(2.5)]
+    assert [lat.speedup_vs_teacher_pytorch for lat in onnx.latency] == [pytest.approx(8.0), pytest.approx(5.0)]
+    student = report.variants[2]  # PyTorch against PyTorch: one figure
+    assert student.speedup_baseline == "teacher / pytorch" and not student.latency[0].HasField("speedup_vs_teacher_pytorch")
+    assert report.summary == (
+        "student is 2.0x faster than the teacher in onnxruntime at batch 1 (student / onnxruntime; "
+        "8.0x faster than teacher / pytorch), 0.50 points less accurate (top-1)"
+    )
 
 
 def test_markdown_has_every_table(report: pb.Report) -> None:

@@ -65,8 +65,12 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     assert ran == pytest.approx(ended - started, abs=1e-3)  # one start, never requeued: it ran from start to end
 
     report = client.report(job.id)
-    teacher, student, student_onnx, int8_static, int8_dynamic, fp16 = report.variants
+    teacher, student, student_onnx, int8_static, int8_dynamic, fp16, teacher_onnx = report.variants
     assert (teacher.model, student.model, student_onnx.runtime) == ("teacher", "student", "onnxruntime")
+    # Like for like (issue 21): the teacher is timed in onnxruntime too, and the headline is same-runtime.
+    assert (teacher_onnx.name, teacher_onnx.artifact) == ("teacher / onnxruntime", "")
+    assert abs(teacher_onnx.accuracy.top1 - teacher.accuracy.top1) <= 1.0
+    assert student_onnx.speedup_baseline == "teacher / onnxruntime" and student.speedup_baseline == "teacher / pytorch"
     assert [v.precision for v in (int8_static, int8_dynamic, fp16)] == ["int8 static", "int8 dynamic", "fp16"]
     assert (student_onnx.artifact, int8_static.artifact, fp16.artifact) == ("student.onnx", "student.int8.onnx", "student.fp16.onnx")
     assert abs(fp16.accuracy.top1 - student.accuracy.top1) <= 1.0  # half precision barely moves a small net
@@ -82,13 +86,16 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     for lat in (lat for v in report.variants for lat in v.latency):
         assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms
         assert lat.HasField("peak_memory_bytes") == sys.platform.startswith("linux")
-        assert lat.speedup_vs_teacher == pytest.approx(teacher.latency[0].p50_ms / lat.p50_ms
-                                                       if lat.batch_size == 1 else teacher.latency[1].p50_ms / lat.p50_ms)
+    for v in report.variants:
+        baseline = teacher_onnx if v.runtime == "onnxruntime" else teacher
+        for lat, base in zip(v.latency, baseline.latency):
+            assert lat.speedup_vs_teacher == pytest.approx(base.p50_ms / lat.p50_ms)
+            assert lat.HasField("speedup_vs_teacher_pytorch") == (v.runtime == "onnxruntime")
     assert report.student.parameters < report.teacher.parameters and report.student.macs > 0
     assert student_onnx.parameters == student.parameters and student_onnx.execution_provider == "CPUExecutionProvider"
     assert student.top1_delta_vs_teacher == pytest.approx(student.accuracy.top1 - teacher.accuracy.top1)
     assert report.export.parity_max_abs_diff <= 1e-4
-    assert report.summary.startswith("student is ")
+    assert report.summary.startswith("student is ") and " than the teacher in " in report.summary
     assert report.student_lowest_latency.batch_size == 1
     assert report.student_lowest_latency.variant in {v.name for v in report.variants if v.model == "student" and v.recommended}
     # Per class: every validation sample counted once, and the class names are the dataset's.
@@ -460,8 +467,8 @@ def test_benchmark_only_compares_a_model_with_its_own_onnx(
     assert {a.name for a in job.artifacts} == {"report.json", "report.md", "report.html"}  # nothing was made
     report = client.report(job.id)
     assert report.kind == pb.JOB_KIND_BENCHMARK_ONLY and not report.HasField("training")
-    teacher, student = report.variants
-    assert (teacher.name, student.name) == ("teacher / pytorch", "student / onnxruntime")
+    teacher, student, teacher_onnx = report.variants
+    assert (teacher.name, student.name, teacher_onnx.name) == ("teacher / pytorch", "student / onnxruntime", "teacher / onnxruntime")
     # The same weights in two runtimes: the same answers, the same parameter count.
     assert student.accuracy.agreement_with_teacher >= 99.5 and abs(student.top1_delta_vs_teacher) <= 0.5
     assert student.parameters == teacher.parameters and student.file_size_bytes == onnx_model.size_bytes
@@ -484,7 +491,9 @@ def test_benchmark_only_without_data_times_random_inputs(client: Client, teacher
     job = client.wait(client.create_job(spec).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     report = client.report(job.id)
-    assert [v.name for v in report.variants] == ["teacher / pytorch", "student / pytorch", "student / onnxruntime"]
+    assert [v.name for v in report.variants] == [
+        "teacher / pytorch", "student / pytorch", "student / onnxruntime", "teacher / onnxruntime"
+    ]
     assert not any(v.HasField("accuracy") for v in report.variants) and not report.per_class
     assert report.summary.endswith("accuracy not measured (no labelled data)")
     assert report.student.parameters < report.teacher.parameters

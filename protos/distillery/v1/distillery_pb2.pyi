@@ -753,7 +753,7 @@ class ModelCard(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Variant(_message.Message):
-    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency", "parameters", "macs", "top1_delta_vs_teacher", "device", "execution_provider", "artifact", "recommended", "note", "parity")
+    __slots__ = ("name", "model", "runtime", "precision", "accuracy", "file_size_bytes", "latency", "parameters", "macs", "top1_delta_vs_teacher", "device", "execution_provider", "artifact", "recommended", "note", "parity", "speedup_baseline")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -770,6 +770,7 @@ class Variant(_message.Message):
     RECOMMENDED_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     PARITY_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_BASELINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     runtime: str
@@ -786,7 +787,8 @@ class Variant(_message.Message):
     recommended: bool
     note: str
     parity: Parity
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., top1_delta_vs_teacher: _Optional[float] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., artifact: _Optional[str] = ..., recommended: _Optional[bool] = ..., note: _Optional[str] = ..., parity: _Optional[_Union[Parity, _Mapping]] = ...) -> None: ...
+    speedup_baseline: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ..., file_size_bytes: _Optional[int] = ..., latency: _Optional[_Iterable[_Union[Latency, _Mapping]]] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., top1_delta_vs_teacher: _Optional[float] = ..., device: _Optional[str] = ..., execution_provider: _Optional[str] = ..., artifact: _Optional[str] = ..., recommended: _Optional[bool] = ..., note: _Optional[str] = ..., parity: _Optional[_Union[Parity, _Mapping]] = ..., speedup_baseline: _Optional[str] = ...) -> None: ...
 
 class Parity(_message.Message):
     __slots__ = ("samples", "max_abs_diff", "max_rel_diff", "top1_mismatch", "within_tolerance")
@@ -815,7 +817,7 @@ class Accuracy(_message.Message):
     def __init__(self, samples: _Optional[int] = ..., top1: _Optional[float] = ..., top5: _Optional[float] = ..., agreement_with_teacher: _Optional[float] = ...) -> None: ...
 
 class Latency(_message.Message):
-    __slots__ = ("batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "throughput_per_s", "p95_ms", "peak_memory_bytes", "speedup_vs_teacher")
+    __slots__ = ("batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "throughput_per_s", "p95_ms", "peak_memory_bytes", "speedup_vs_teacher", "speedup_vs_teacher_pytorch")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     P50_MS_FIELD_NUMBER: _ClassVar[int]
@@ -827,6 +829,7 @@ class Latency(_message.Message):
     P95_MS_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     SPEEDUP_VS_TEACHER_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_VS_TEACHER_PYTORCH_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     runs: int
     p50_ms: float
@@ -838,7 +841,8 @@ class Latency(_message.Message):
     p95_ms: float
     peak_memory_bytes: int
     speedup_vs_teacher: float
-    def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., p95_ms: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., speedup_vs_teacher: _Optional[float] = ...) -> None: ...
+    speedup_vs_teacher_pytorch: float
+    def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., p95_ms: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., speedup_vs_teacher: _Optional[float] = ..., speedup_vs_teacher_pytorch: _Optional[float] = ...) -> None: ...
 
 class TrainingSummary(_message.Message):
     __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen")
