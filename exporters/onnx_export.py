@@ -229,3 +229,10 @@ def validate(
     if not result.within:
         raise ParityError(f"output {OUTPUT_NAME!r}: onnxruntime {result.describe()}")
     return result
+
+
+def validate_file(
+    path: Path, model: nn.Module, inputs: torch.Tensor, tolerance: float, relative_tolerance: float, num_threads: int = 0
+) -> ParityResult:
+    """``validate`` of the file at ``path``, in an onnxruntime session of its own (the reference runtime)."""
+    return validate(session(path, num_threads), model, inputs, tolerance, relative_tolerance)

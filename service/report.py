@@ -338,8 +338,10 @@ def how_it_was_made(report: pb.Report) -> list[str]:
     lines.append(
         f"Environment: {env.cpu}, {env.cpu_cores} cores, {env.num_threads} intra-op threads"
         f"{', GPU ' + env.gpu if env.gpu else ''}; {env.platform}, Python {env.python_version}, torch "
-        f"{env.torch_version}, onnxruntime {env.onnxruntime_version} ({', '.join(env.execution_providers)}), "
-        f"onnx {env.onnx_version}."
+        f"{env.torch_version}, onnx {env.onnx_version}, "
+        + (", ".join(f"{r.name} {r.version} ({', '.join(r.targets)})" for r in env.runtimes)
+           or f"onnxruntime {env.onnxruntime_version} ({', '.join(env.execution_providers)})")  # reports from before
+        + "."
     )
     return lines + list(report.notes)
 

@@ -7,12 +7,12 @@ import platform
 from pathlib import Path
 
 import onnx
-import onnxruntime
 import torch
 
 from distill.benchmark import LatencyStats
 from distill.data import ImageData
 from distill.evaluate import per_class_top1
+from exporters import runtimes
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import convert, specs
 from service.job_inputs import JobInputs
@@ -108,6 +108,7 @@ def _model_card(architecture: str, variant: Variant, num_classes: int, shape: tu
 
 
 def _environment(threads: int) -> pb.Environment:
+    in_runtimes = runtimes.available()
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -122,9 +123,10 @@ def _environment(threads: int) -> pb.Environment:
         num_threads=threads,
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "",
         torch_version=torch.__version__,
-        onnxruntime_version=onnxruntime.__version__,
+        onnxruntime_version=next(r.version for r in in_runtimes if r.name == "onnxruntime"),
         onnx_version=onnx.__version__,
-        execution_providers=onnxruntime.get_available_providers(),
+        execution_providers=next(r.targets() for r in in_runtimes if r.name == "onnxruntime"),
+        runtimes=[pb.RuntimeInfo(name=r.name, version=r.version, targets=r.targets()) for r in in_runtimes],
         python_version=platform.python_version(),
         platform=platform.platform(terse=True),
     )

@@ -6,14 +6,14 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import onnxruntime
 import torch
 
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.data import ImageData, Normalization, resize
 from distill.evaluate import AccuracyResult, accuracy
 from distill.trainer import predict
-from exporters import onnx_export, onnx_teacher, quantize
+from exporters import onnx_export, onnx_teacher, quantize, runtimes
+from exporters.runtimes.onnxruntime import CPU_EP
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import specs
 from service.job_context import JobContext
@@ -22,7 +22,6 @@ log = logging.getLogger("distillery.worker")
 
 PARITY_SAMPLES = 1000
 CALIBRATION_SAMPLES = 512  # INT8 activation ranges: min/max over this many evaluation inputs
-CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
 @dataclass
@@ -72,22 +71,23 @@ class Variant:
     """One model in one runtime, as the report's side-by-side table shows it."""
 
     model: str  # teacher | student
-    runtime: str  # pytorch | onnxruntime
+    runtime: str  # pytorch, or one of exporters.runtimes (onnxruntime, openvino)
     runner: Runner
     logits: torch.Tensor  # on the evaluation inputs
     file_size: int
     parameters: int
     macs: int
     device: str
-    execution_provider: str = ""
-    precision: str = "fp32"  # fp32 | int8 static | int8 dynamic
+    execution_provider: str = ""  # the runtime's target: an onnxruntime execution provider, an OpenVINO device
+    precision: str = "fp32"  # fp32 | int8 static | int8 dynamic | fp16
     artifact: str = ""  # the shipped file it runs from
     parity: onnx_export.ParityResult | None = None  # a student's ONNX variant against the PyTorch FP32 student
+    label: str = ""  # a target other than the runtime's default CPU one, e.g. "CUDA"
 
     @property
     def name(self) -> str:
         precision = f" {self.precision}" if self.precision != "fp32" else ""
-        suffix = " (CUDA)" if self.execution_provider == CUDA_EP else ""
+        suffix = f" ({self.label})" if self.label else ""
         return f"{self.model} / {self.runtime}{precision}{suffix}"
 
 
@@ -130,11 +130,11 @@ class Exported:
 def export(
     ctx: JobContext, plan: specs.JobPlan, model: torch.nn.Module, inputs: EvalInputs, fp32: Variant
 ) -> Exported:
-    """student.onnx, checked against PyTorch, and its onnxruntime variants (CPU, and CUDA when present).
+    """student.onnx (checked against PyTorch in onnxruntime), its reduced precisions, and the student in every runtime.
 
     ``fp32``: the student's PyTorch variant. A distilled student must export.
     An uploaded PyTorch student that will not is still benchmarked in
-    PyTorch; the notes say why not in onnxruntime.
+    PyTorch; the notes say why not in the runtimes.
     """
     options = plan.export
     parity_inputs = inputs.first(PARITY_SAMPLES)
@@ -142,18 +142,13 @@ def export(
     try:
         exported = onnx_export.export_onnx(model, parity_inputs[:2], path, options.opset, options.dynamic_batch,
                                            options.exporters)
-        session = onnx_export.session(path, num_threads=ctx.threads)
-        parity = onnx_export.validate(session, model, parity_inputs, options.parity_tolerance,
-                                      options.parity_relative_tolerance)
+        parity = onnx_export.validate_file(path, model, parity_inputs, options.parity_tolerance,
+                                           options.parity_relative_tolerance, ctx.threads)
     except (onnx_export.ExportError, onnx_export.ParityError) as e:
         if not plan.benchmark_only:
             raise
         ctx.outputs.pop("student.onnx")
-        return Exported(None, notes=[f"the uploaded student was not measured in onnxruntime: {e}"])
-    timing_threads = plan.benchmark.num_threads or ctx.threads
-    # Each variant's parity is against the student in PyTorch on the CPU (on a GPU, TF32 convolutions alone differ by ~1e-3).
-    reference = fp32.logits if fp32.device == "cpu" else predict(model, inputs.batches(), "cpu")
-    providers = [CPU_EP] + ([CUDA_EP] if CUDA_EP in onnxruntime.get_available_providers() else [])
+        return Exported(None, notes=[f"the uploaded student was not measured in the ONNX runtimes: {e}"])
     result = Exported(pb.ExportSummary(
         opset=exported.opset,
         exporter=exported.exporter,
@@ -167,7 +162,7 @@ def export(
         accuracy_budget=options.accuracy_budget,
         input_shape=parity_inputs.shape[1:],
     ))
-    result.variants += [_onnx_variant(ctx, options, fp32, reference, "student.onnx", inputs, p, timing_threads) for p in providers]
+    files = {"fp32": path}
     reduced = []  # a benchmark-only job measures the models it was given, nothing more
     if options.int8 and not plan.benchmark_only:
         reduced += [(quantize.STATIC, "student.int8.onnx"), (quantize.DYNAMIC, "student.int8-dynamic.onnx")]
@@ -178,19 +173,27 @@ def export(
     for kind, name in reduced:
         try:
             quantize.reduce_precision(path, ctx.workdir / name, kind, calibration)
-        except Exception as e:  # an op onnxruntime cannot convert: ship the rest, say why
+        except Exception as e:  # an op the quantizer cannot convert: ship the rest, say why
             log.warning("%s failed", kind, exc_info=True)
             result.notes.append(f"no {kind} variant: {str(e).splitlines()[0][:300]}")
             continue
-        ctx.output(name)
-        result.variants.append(_onnx_variant(ctx, options, fp32, reference, name, inputs, CPU_EP, timing_threads, precision=kind))
+        files[kind] = ctx.output(name)
+    # Each variant's parity is against the student in PyTorch on the CPU (on a GPU, TF32 convolutions alone differ by ~1e-3).
+    reference = fp32.logits if fp32.device == "cpu" else predict(model, inputs.batches(), "cpu")
+    for runtime in runtimes.available():
+        for offer in runtime.offers(files):
+            variant = _runtime_variant(ctx, plan, runtime, offer, "student", fp32, inputs)
+            variant.artifact = offer.file.name
+            variant.parity = onnx_export.compare(variant.logits.numpy(), reference.float().numpy(),
+                                                 options.parity_tolerance, options.parity_relative_tolerance)
+            result.variants.append(variant)
     return result
 
 
-def teacher_in_onnxruntime(
+def teacher_in_runtimes(
     ctx: JobContext, plan: specs.JobPlan, teacher: torch.nn.Module, in_pytorch: Variant, inputs: EvalInputs
-) -> tuple[Variant | None, str]:
-    """The teacher exported to ONNX and run by onnxruntime (CPU), so that the student is compared like for like.
+) -> tuple[list[Variant], str]:
+    """The teacher exported to ONNX and run on the CPU of every runtime, so that the student is compared like for like.
 
     Not shipped. A teacher that does not export, or whose file does not match it, is timed in PyTorch only;
     the returned note says why.
@@ -200,39 +203,33 @@ def teacher_in_onnxruntime(
     parity_inputs = inputs.first(PARITY_SAMPLES)
     try:
         onnx_export.export_onnx(teacher, parity_inputs[:2], path, options.opset, True, options.exporters)
-        session = onnx_export.session(path, num_threads=ctx.threads)
-        onnx_export.validate(session, teacher, parity_inputs, options.parity_tolerance, options.parity_relative_tolerance)
+        onnx_export.validate_file(path, teacher, parity_inputs, options.parity_tolerance,
+                                  options.parity_relative_tolerance, ctx.threads)
     except (onnx_export.ExportError, onnx_export.ParityError) as e:
-        return None, f"the teacher was timed in PyTorch only, not in onnxruntime: {str(e)[:300]}"
-    logits = torch.from_numpy(onnx_export.predict(session, (x.numpy() for x in inputs.batches())))
+        return [], f"the teacher was timed in PyTorch only, not in the ONNX runtimes: {str(e)[:300]}"
+    return [
+        _runtime_variant(ctx, plan, runtime, offer, "teacher", in_pytorch, inputs)
+        for runtime in runtimes.available()
+        for offer in runtime.offers({"fp32": path})
+        if offer.device == "cpu"
+    ], ""
+
+
+def _runtime_variant(
+    ctx: JobContext, plan: specs.JobPlan, runtime: runtimes.Runtime, offer: runtimes.Offer, role: str, in_pytorch: Variant,
+    inputs: EvalInputs,
+) -> Variant:
+    """A file in one runtime: its logits on ``inputs`` (the view its PyTorch twin ran on), and how to time it."""
+    session = runtime.open(offer, ctx.threads)
+    logits = torch.from_numpy(runtimes.predict(session, (x.numpy() for x in inputs.batches())))
     timing_threads = plan.benchmark.num_threads or ctx.threads
     runner = Runner(
-        open=lambda: onnx_export.runner(onnx_export.session(path, timing_threads, [CPU_EP])),
-        prepare=lambda batch: batch.numpy(),
-        max_batch=onnx_export.static_batch(session),
+        open=lambda: runtime.open(offer, timing_threads).run,
+        prepare=lambda batch: inputs.fit(batch).numpy(),  # the benchmark hands native inputs
+        max_batch=session.static_batch,
     )
-    return Variant("teacher", "onnxruntime", runner, logits, path.stat().st_size, in_pytorch.parameters,
-                   in_pytorch.macs, "cpu", CPU_EP), ""
-
-
-def _onnx_variant(
-    ctx: JobContext, options: specs.ExportPlan, fp32: Variant, reference: torch.Tensor, name: str, inputs: EvalInputs,
-    provider: str, timing_threads: int, precision: str = "fp32",
-) -> Variant:
-    """A shipped ONNX file in onnxruntime: its logits and parity on the evaluation inputs, and how to time it."""
-    path = ctx.outputs[name]
-    session = onnx_export.session(path, ctx.threads, [provider])
-    logits = torch.from_numpy(onnx_export.predict(session, (x.numpy() for x in inputs.batches())))
-    runner = Runner(
-        open=lambda: onnx_export.runner(onnx_export.session(path, timing_threads, [provider])),
-        prepare=lambda batch: inputs.fit(batch).numpy(),
-        max_batch=onnx_export.static_batch(session),
-    )
-    device = "cuda" if provider == CUDA_EP else "cpu"
-    parity = onnx_export.compare(logits.numpy(), reference.float().numpy(), options.parity_tolerance,
-                                 options.parity_relative_tolerance)
-    return Variant("student", "onnxruntime", runner, logits, path.stat().st_size, fp32.parameters, fp32.macs, device,
-                   provider, precision, name, parity)
+    return Variant(role, runtime.name, runner, logits, offer.file.stat().st_size, in_pytorch.parameters,
+                   in_pytorch.macs, offer.device, offer.target, offer.precision, label=offer.label)
 
 
 def benchmark(

@@ -184,11 +184,11 @@ def run(ctx: JobContext) -> None:
         measured += exported.variants
         notes += exported.notes
 
-    if teacher.format != onnx_teacher.ONNX and any(v.runtime == "onnxruntime" for v in measured[1:]):
-        # Like for like: the teacher in the runtime the student is timed in.
-        in_onnxruntime, note = variants.teacher_in_onnxruntime(ctx, plan, teacher.model, measured[0], eval_inputs)
+    if teacher.format != onnx_teacher.ONNX and any(v.runtime != "pytorch" for v in measured[1:]):
+        # Like for like: the teacher in the runtimes the student is timed in.
+        in_runtimes, note = variants.teacher_in_runtimes(ctx, plan, teacher.model, measured[0], eval_inputs)
         teacher.model.to(device)  # the exporter ran it on the CPU
-        measured += [in_onnxruntime] if in_onnxruntime else []  # last: variants[0] and [1] keep their meaning
+        measured += in_runtimes  # last: variants[0] and [1] keep their meaning
         notes += [note] if note else []
 
     ctx.stage("benchmark")

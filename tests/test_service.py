@@ -65,8 +65,21 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
     assert ran == pytest.approx(ended - started, abs=1e-3)  # one start, never requeued: it ran from start to end
 
     report = client.report(job.id)
-    teacher, student, student_onnx, int8_static, int8_dynamic, fp16, teacher_onnx = report.variants
-    assert (teacher.model, student.model, student_onnx.runtime) == ("teacher", "student", "onnxruntime")
+    names = [v.name for v in report.variants]
+    assert names == [
+        "teacher / pytorch", "student / pytorch", "student / onnxruntime", "student / onnxruntime int8 static",
+        "student / onnxruntime int8 dynamic", "student / onnxruntime fp16", "student / openvino",
+        "student / openvino int8 static", "teacher / onnxruntime", "teacher / openvino",
+    ]
+    teacher, student, student_onnx, int8_static, int8_dynamic, fp16, openvino, openvino_int8, teacher_onnx, teacher_openvino = (
+        report.variants
+    )
+    # The second runtime (issue 21): OpenVINO reads the same files, scored and timed like the others.
+    assert (openvino.artifact, openvino_int8.artifact) == ("student.onnx", "student.int8.onnx")
+    assert openvino.parity.within_tolerance and abs(openvino.accuracy.top1 - student.accuracy.top1) <= 1.0
+    assert openvino.execution_provider == "CPU" and [lat.batch_size for lat in openvino_int8.latency] == [1, 8]
+    assert openvino.speedup_baseline == "teacher / openvino"
+    assert {r.name for r in report.environment.runtimes} == {"onnxruntime", "openvino"}
     # Like for like (issue 21): the teacher is timed in onnxruntime too, and the headline is same-runtime.
     assert (teacher_onnx.name, teacher_onnx.artifact) == ("teacher / onnxruntime", "")
     assert abs(teacher_onnx.accuracy.top1 - teacher.accuracy.top1) <= 1.0
@@ -87,10 +100,10 @@ def test_job_runs_end_to_end(finished_job: tuple[pb.Job, list[pb.JobEvent]], cli
         assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms
         assert lat.HasField("peak_memory_bytes") == sys.platform.startswith("linux")
     for v in report.variants:
-        baseline = teacher_onnx if v.runtime == "onnxruntime" else teacher
+        baseline = {"onnxruntime": teacher_onnx, "openvino": teacher_openvino}.get(v.runtime, teacher)
         for lat, base in zip(v.latency, baseline.latency):
             assert lat.speedup_vs_teacher == pytest.approx(base.p50_ms / lat.p50_ms)
-            assert lat.HasField("speedup_vs_teacher_pytorch") == (v.runtime == "onnxruntime")
+            assert lat.HasField("speedup_vs_teacher_pytorch") == (v.runtime != "pytorch")
     assert report.student.parameters < report.teacher.parameters and report.student.macs > 0
     assert student_onnx.parameters == student.parameters and student_onnx.execution_provider == "CPUExecutionProvider"
     assert student.top1_delta_vs_teacher == pytest.approx(student.accuracy.top1 - teacher.accuracy.top1)
@@ -467,8 +480,10 @@ def test_benchmark_only_compares_a_model_with_its_own_onnx(
     assert {a.name for a in job.artifacts} == {"report.json", "report.md", "report.html"}  # nothing was made
     report = client.report(job.id)
     assert report.kind == pb.JOB_KIND_BENCHMARK_ONLY and not report.HasField("training")
-    teacher, student, teacher_onnx = report.variants
-    assert (teacher.name, student.name, teacher_onnx.name) == ("teacher / pytorch", "student / onnxruntime", "teacher / onnxruntime")
+    teacher, student = report.variants[:2]
+    assert [v.name for v in report.variants] == [
+        "teacher / pytorch", "student / onnxruntime", "teacher / onnxruntime", "teacher / openvino"
+    ]
     # The same weights in two runtimes: the same answers, the same parameter count.
     assert student.accuracy.agreement_with_teacher >= 99.5 and abs(student.top1_delta_vs_teacher) <= 0.5
     assert student.parameters == teacher.parameters and student.file_size_bytes == onnx_model.size_bytes
@@ -492,7 +507,8 @@ def test_benchmark_only_without_data_times_random_inputs(client: Client, teacher
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     report = client.report(job.id)
     assert [v.name for v in report.variants] == [
-        "teacher / pytorch", "student / pytorch", "student / onnxruntime", "teacher / onnxruntime"
+        "teacher / pytorch", "student / pytorch", "student / onnxruntime", "student / openvino",
+        "teacher / onnxruntime", "teacher / openvino",
     ]
     assert not any(v.HasField("accuracy") for v in report.variants) and not report.per_class
     assert report.summary.endswith("accuracy not measured (no labelled data)")

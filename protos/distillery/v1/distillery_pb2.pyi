@@ -897,7 +897,7 @@ class ExportSummary(_message.Message):
     def __init__(self, opset: _Optional[int] = ..., exporter: _Optional[str] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., parity_samples: _Optional[int] = ..., parity_max_rel_diff: _Optional[float] = ..., parity_top1_mismatch: _Optional[float] = ..., dynamic_batch: _Optional[bool] = ..., accuracy_budget: _Optional[float] = ..., bundle_artifact: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., parity_relative_tolerance: _Optional[float] = ...) -> None: ...
 
 class Environment(_message.Message):
-    __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers", "python_version", "platform")
+    __slots__ = ("cpu", "cpu_cores", "num_threads", "gpu", "torch_version", "onnxruntime_version", "onnx_version", "execution_providers", "python_version", "platform", "runtimes")
     CPU_FIELD_NUMBER: _ClassVar[int]
     CPU_CORES_FIELD_NUMBER: _ClassVar[int]
     NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
@@ -908,6 +908,7 @@ class Environment(_message.Message):
     EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
     cpu: str
     cpu_cores: int
     num_threads: int
@@ -918,7 +919,18 @@ class Environment(_message.Message):
     execution_providers: _containers.RepeatedScalarFieldContainer[str]
     python_version: str
     platform: str
-    def __init__(self, cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., num_threads: _Optional[int] = ..., gpu: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., onnx_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
+    runtimes: _containers.RepeatedCompositeFieldContainer[RuntimeInfo]
+    def __init__(self, cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., num_threads: _Optional[int] = ..., gpu: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., onnx_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ..., runtimes: _Optional[_Iterable[_Union[RuntimeInfo, _Mapping]]] = ...) -> None: ...
+
+class RuntimeInfo(_message.Message):
+    __slots__ = ("name", "version", "targets")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    targets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetReportRequest(_message.Message):
     __slots__ = ("job_id",)
