@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.quality import CACHE, DATASETS, RESULTS, _cifar10  # noqa: E402
-from distill import data, evaluate, models, trainer  # noqa: E402
+from distill import data, evaluate, loading, models, trainer  # noqa: E402
 from protos.distillery.v1 import distillery_pb2 as pb  # noqa: E402
 from service.client import Client  # noqa: E402
 from service.server import spawn_server, stop_server  # noqa: E402
@@ -153,7 +153,8 @@ def train_teacher(case: TeacherCase, splits: data.Splits) -> tuple[Path, float]:
     elif case.fmt == "state_dict":
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
-        model = torch.jit.load(str(path)) if case.fmt == "torchscript" else torch.export.load(path).module()
+        # As the server loads it: an exported program's module refuses eval(), and runs at its static batch size.
+        model = loading.load_module(path, loading.TORCHSCRIPT if case.fmt == "torchscript" else loading.EXPORTED_PROGRAM)
     logits = trainer.predict_logits(model.eval(), splits.val, feed)
     return path, evaluate.accuracy(logits, splits.val.labels).top1
 

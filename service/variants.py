@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
@@ -223,13 +224,20 @@ def _runtime_variant(
     session = runtime.open(offer, ctx.threads)
     logits = torch.from_numpy(runtimes.predict(session, (x.numpy() for x in inputs.batches())))
     timing_threads = plan.benchmark.num_threads or ctx.threads
+    # A student file with a static batch (export.dynamic_batch false) is timed at that batch only. A teacher
+    # exported for a static batch runs any batch in chunks of it, as the teacher does in PyTorch.
+    chunked = role == "teacher" and session.static_batch is not None
     runner = Runner(
-        open=lambda: runtime.open(offer, timing_threads).run,
+        open=lambda: _chunked(runtime.open(offer, timing_threads)) if chunked else runtime.open(offer, timing_threads).run,
         prepare=lambda batch: inputs.fit(batch).numpy(),  # the benchmark hands native inputs
-        max_batch=session.static_batch,
+        max_batch=None if chunked else session.static_batch,
     )
     return Variant(role, runtime.name, runner, logits, offer.file.stat().st_size, in_pytorch.parameters,
                    in_pytorch.macs, offer.device, offer.target, offer.precision, label=offer.label)
+
+
+def _chunked(session: runtimes.Session) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda batch: runtimes.predict(session, [batch])
 
 
 def benchmark(

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,6 +34,7 @@ from service.servicer import DistillationServicer
 from service.store import Store, StoreThread
 from service.supervisor import Supervisor
 from tests.conftest import diverging_teacher, rpc_error, tiny_spec
+from tests.test_service import learning_data_free_spec
 
 
 def long_spec(teacher_id: str, checkpoint_every: int = 20) -> pb.JobSpec:
@@ -362,11 +364,13 @@ def test_training_keeps_its_priority_when_the_api_is_flooded(client: Client, tea
         client.cancel(job.id)
 
 
+@pytest.mark.parametrize("kind", ["kd", "data-free"])
 def test_a_job_failing_after_training_keeps_its_student_and_is_retried_from_there(
-    client: Client, teacher_model: pb.Model, server, tmp_path: Path
+    client: Client, teacher_model: pb.Model, server, tmp_path: Path, kind: str
 ) -> None:
     """Issue 21: an export that fails must not throw away the trained student, and a retry must not train again."""
-    job = client.create_job(tiny_spec(teacher_model.id))
+    spec = tiny_spec(teacher_model.id) if kind == "kd" else learning_data_free_spec(teacher_model.id)
+    job = client.create_job(spec)
     # A directory where the exporter writes student.onnx: the disk refuses the export, as a full one would.
     blocker = server[1] / "tmp" / job.id / "student.onnx"
     blocker.mkdir(parents=True)
@@ -374,9 +378,12 @@ def test_a_job_failing_after_training_keeps_its_student_and_is_retried_from_ther
     failed = client.wait(job.id)
     assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert failed.error.message.startswith("the export stage failed; the trained student is kept (student.pt)")
-    assert [a.name for a in failed.artifacts] == ["student.pt"]
+    trained = ["student.pt"] if kind == "kd" else ["generator.pt", "samples.png", "student.pt"]
+    assert [a.name for a in failed.artifacts] == trained
     first = torch.load(client.download(job.id, "student.pt", tmp_path / "first.pt"), weights_only=True)
-    assert '"epochs": 4' in first["training"] and '"epochs": 4' in first["job_spec"]
+    assert json_format.Parse(first["job_spec"], pb.JobSpec()) == spec
+    assert json_format.Parse(first["training"], pb.TrainingSummary()).steps > 0
+    assert bool(first["data_free"]) == (kind == "data-free")
     trained_events = len([e for e in client.watch(job.id) if e.stage == "distil" and e.total_steps])
 
     assert rpc_error(client.retry, "j-missing").code() == grpc.StatusCode.NOT_FOUND
@@ -391,7 +398,9 @@ def test_a_job_failing_after_training_keeps_its_student_and_is_retried_from_ther
     second = torch.load(client.download(job.id, "student.pt", tmp_path / "second.pt"), weights_only=True)
     assert all(torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
     report = client.report(job.id)
-    assert report.training.epochs == 4 and any(n.startswith("retried (RetryJob)") for n in report.notes)
+    assert report.training.steps == json_format.Parse(first["training"], pb.TrainingSummary()).steps
+    assert any(n.startswith("retried (RetryJob)") for n in report.notes)
+    assert report.HasField("data_free") == (kind == "data-free")
     assert {"student.onnx", "report.json"} <= {a.name for a in done.artifacts}
     assert rpc_error(client.retry, job.id).code() == grpc.StatusCode.FAILED_PRECONDITION  # only FAILED jobs
 
