@@ -19,6 +19,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from exporters import runtimes
+
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
@@ -178,24 +180,8 @@ def static_batch(sess: ort.InferenceSession) -> int | None:
 
 
 def predict(sess: ort.InferenceSession, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """The first output for every input, in order.
-
-    A file exported for a fixed batch size is fed chunks of that size, the
-    last one padded with zeros (and the padding's outputs dropped).
-    """
-    run, size = runner(sess), static_batch(sess)
-    outputs = []
-    for batch in batches:
-        if size is None:
-            outputs.append(run(batch))
-            continue
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            n = len(chunk)
-            if n < size:
-                chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), chunk.dtype)])
-            outputs.append(run(chunk)[:n])
-    return np.concatenate(outputs)
+    """The first output for every input, in order (a file with a static batch is fed chunks of it)."""
+    return runtimes.predict(runtimes.Session(runner(sess), static_batch(sess)), batches)
 
 
 def runner(sess: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:

@@ -149,8 +149,11 @@ class Supervisor:
         """Queue a FAILED job again; False when it is not FAILED. It resumes after its last finished stage
         (a published student.pt: no training again; else its training checkpoint)."""
         reopened, process = await self.store_thread.run(self._reopen, job_id)
-        if process is not None:  # the failed attempt's worker, still exiting
-            await asyncio.to_thread(process.join)
+        if process is not None:  # the failed attempt's worker, still exiting (its job already reads FAILED)
+            await asyncio.to_thread(process.join, 10)
+            if process.is_alive():
+                self._kill_now(process)
+                await asyncio.to_thread(process.join)
         return reopened
 
     def _reopen(self, job_id: str) -> tuple[bool, BaseProcess | None]:

@@ -25,7 +25,6 @@ import numpy as np
 class Offer:
     """One way a runtime can run one file."""
 
-    runtime: str  # "onnxruntime", "openvino"
     precision: str  # the file's: "fp32", "int8 static", "int8 dynamic", "fp16"
     file: Path
     target: str  # where, in the runtime's words: "CPUExecutionProvider", "CUDAExecutionProvider", "CPU"

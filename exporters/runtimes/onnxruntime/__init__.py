@@ -20,9 +20,9 @@ class OnnxRuntime:
         return ort.get_available_providers()
 
     def offers(self, files: dict[str, Path]) -> list[Offer]:
-        offers = [Offer(self.name, precision, path, CPU_EP, "cpu") for precision, path in files.items()]
+        offers = [Offer(precision, path, CPU_EP, "cpu") for precision, path in files.items()]
         if CUDA_EP in self.targets() and "fp32" in files:
-            offers.insert(1, Offer(self.name, "fp32", files["fp32"], CUDA_EP, "cuda", "CUDA"))
+            offers.insert(1, Offer("fp32", files["fp32"], CUDA_EP, "cuda", "CUDA"))
         return offers
 
     def open(self, offer: Offer, threads: int) -> Session:

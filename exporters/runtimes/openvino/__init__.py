@@ -34,7 +34,7 @@ class OpenVino:
     def offers(self, files: dict[str, Path]) -> list[Offer]:
         if DEVICE not in self.targets():
             return []
-        return [Offer(self.name, precision, path, DEVICE, "cpu") for precision, path in files.items() if precision in PRECISIONS]
+        return [Offer(precision, path, DEVICE, "cpu") for precision, path in files.items() if precision in PRECISIONS]
 
     def open(self, offer: Offer, threads: int) -> Session:
         model = self.core.read_model(str(offer.file))
