@@ -124,7 +124,7 @@ def torch_variant(
 @dataclass
 class Exported:
     summary: pb.ExportSummary | None  # None: an uploaded student that onnxruntime could not take (see notes)
-    variants: list[Variant] = field(default_factory=list)  # the student's, in onnxruntime
+    variants: list[Variant] = field(default_factory=list)  # the student's, in every runtime
     notes: list[str] = field(default_factory=list)  # what was skipped and why, for the report
 
 
