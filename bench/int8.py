@@ -25,6 +25,7 @@ import torch
 from distill import allocator, benchmark, evaluate, models
 from distill.benchmark import Runner, TimingPlan
 from exporters import onnx_export, quantize
+from exporters.runtimes import onnxruntime as ort_runtime
 
 HERE = Path(__file__).resolve().parent
 CASES = {"cifar10": ("resnet20_cifar", "teacher-cifar10-resnet20_cifar-10000.pt"), "mnist": ("lenet5", "teacher-mnist-lenet5-all.pt")}
@@ -54,10 +55,10 @@ def main() -> None:
         threads = torch.get_num_threads()
         top1 = {}
         for name, path in files.items():
-            logits = onnx_export.predict(onnx_export.session(path, threads), (x.numpy() for x in test.split(256)))
+            logits = ort_runtime.predict(ort_runtime.session(path, threads), (x.numpy() for x in test.split(256)))
             top1[name] = evaluate.accuracy(torch.from_numpy(logits), splits.val.labels).top1
         runners = {
-            name: Runner(open=lambda path=path: onnx_export.runner(onnx_export.session(path, threads)), prepare=lambda b: b.numpy())
+            name: Runner(open=lambda path=path: ort_runtime.runner(ort_runtime.session(path, threads)), prepare=lambda b: b.numpy())
             for name, path in files.items()
         }
         latency = benchmark.measure_runners(runners, lambda n: test[:n], TimingPlan(batch_sizes=(1, 32), min_seconds=3.0))

@@ -32,6 +32,7 @@ import torch
 from distill import allocator, benchmark, models
 from distill.benchmark import Runner, TimingPlan
 from exporters import onnx_export
+from exporters.runtimes import onnxruntime as ort_runtime
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,7 +46,7 @@ def stability(repeats: int, threads: int, tmp: Path) -> list[str]:
         "teacher / pytorch": Runner(open=lambda: benchmark.torch_runner(teacher), prepare=lambda b: b),
         "student / pytorch": Runner(open=lambda: benchmark.torch_runner(student), prepare=lambda b: b),
         "student / onnxruntime": Runner(
-            open=lambda: onnx_export.runner(onnx_export.session(onnx_path, threads)), prepare=lambda b: b.numpy()
+            open=lambda: ort_runtime.runner(ort_runtime.session(onnx_path, threads)), prepare=lambda b: b.numpy()
         ),
     }
     plan = TimingPlan(batch_sizes=(1, 8, 32, 128))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from exporters import runtimes
+from exporters.runtimes.onnxruntime import predict, session
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +153,6 @@ def _export_with(exporter: str, model: nn.Module, example: torch.Tensor, path: P
         )
 
 
-def session(path: Path, num_threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
-    """An onnxruntime session; CUDA first when it is available and asked for."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    available = ort.get_available_providers()
-    providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
 def write_metadata(path: Path, props: dict[str, str]) -> None:
     """Set ``metadata_props`` (what onnxruntime shows as ``custom_metadata_map``); the graph is untouched."""
     model = onnx.load(str(path))
@@ -171,23 +160,6 @@ def write_metadata(path: Path, props: dict[str, str]) -> None:
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
-
-
-def static_batch(sess: ort.InferenceSession) -> int | None:
-    """The batch size a file was exported for, or None when its batch axis is symbolic."""
-    batch = sess.get_inputs()[0].shape[0]
-    return batch if isinstance(batch, int) and batch > 0 else None
-
-
-def predict(sess: ort.InferenceSession, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """The first output for every input, in order (a file with a static batch is fed chunks of it)."""
-    return runtimes.predict(runtimes.Session(runner(sess), static_batch(sess)), batches)
-
-
-def runner(sess: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
-    """``batch -> first output`` for any single-input file (an uploaded one may name its tensors anything)."""
-    name = sess.get_inputs()[0].name  # looked up once: timing loops call this per batch
-    return lambda batch: sess.run(None, {name: batch})[0]
 
 
 def validate(

@@ -17,7 +17,7 @@ from torch import nn
 
 from distill.allocator import out_of_memory
 from distill.loading import ModelFileError, Teacher, describe_teacher
-from exporters.onnx_export import predict, session
+from exporters.runtimes.onnxruntime import predict, session
 
 ONNX = "onnx"
 
@@ -95,7 +95,7 @@ class OnnxTeacher(nn.Module):
             raise ModelFileError(f"the ONNX teacher must take one input, it takes {len(inputs)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A file exported for one batch size is run in chunks of it (onnx_export.predict pads the last).
+        # A file exported for one batch size is run in chunks of it (the last padded).
         out = predict(self.session, [x.detach().float().cpu().numpy()])
         return torch.from_numpy(out).to(x.device)
 

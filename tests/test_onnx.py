@@ -12,6 +12,7 @@ from torch import nn
 from distill import models
 from distill.benchmark import count_macs
 from exporters import onnx_export, onnx_teacher
+from exporters.runtimes import onnxruntime as ort_runtime
 
 
 @pytest.mark.parametrize("architecture", ["lenet5_half", "resnet8_cifar", "cnn_bn_8"])
@@ -19,10 +20,10 @@ def test_export_runs_any_batch_within_tolerance(tmp_path: Path, architecture: st
     model = models.build(architecture, 10, 3).eval()
     result = onnx_export.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "m.onnx")
     assert result.path.exists() and result.opset == 18
-    session = onnx_export.session(result.path)
+    session = ort_runtime.session(result.path)
     for batch in (1, 7):
         x = torch.randn(batch, 3, 32, 32)
-        out = onnx_export.runner(session)(x.numpy())
+        out = ort_runtime.runner(session)(x.numpy())
         assert out.shape == (batch, 10)
     parity = onnx_export.validate(session, model, torch.randn(50, 3, 32, 32), tolerance=1e-4)
     assert parity.max_abs_diff <= 1e-4 and parity.samples == 50 and parity.top1_mismatch == 0
@@ -33,7 +34,7 @@ def test_parity_failure_names_output_and_numbers(tmp_path: Path) -> None:
     result = onnx_export.export_onnx(model, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx")
     other = models.build("lenet5_half", 10, 1).eval()  # different weights
     with pytest.raises(onnx_export.ParityError, match=r"output 'logits'.*differs from PyTorch by up to"):
-        onnx_export.validate(onnx_export.session(result.path), other, torch.randn(20, 1, 28, 28))
+        onnx_export.validate(ort_runtime.session(result.path), other, torch.randn(20, 1, 28, 28))
 
 
 def test_parity_is_relative_to_the_logits_magnitude(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_parity_is_relative_to_the_logits_magnitude(tmp_path: Path) -> None:
     with torch.no_grad():
         assert model(inputs).abs().max() > 100
     result = onnx_export.export_onnx(model, inputs[:2], tmp_path / "m.onnx")
-    parity = onnx_export.validate(onnx_export.session(result.path), model, inputs)
+    parity = onnx_export.validate(ort_runtime.session(result.path), model, inputs)
     assert parity.within and parity.top1_mismatch == 0
 
 
@@ -68,7 +69,7 @@ def test_onnx_matches_torch_numerically(tmp_path: Path) -> None:
     x = torch.randn(16, 1, 28, 28)
     with torch.inference_mode():
         expected = model(x).numpy()
-    np.testing.assert_allclose(onnx_export.runner(onnx_export.session(path))(x.numpy()), expected, atol=1e-4)
+    np.testing.assert_allclose(ort_runtime.runner(ort_runtime.session(path))(x.numpy()), expected, atol=1e-4)
 
 
 def test_onnx_teacher_is_detected_and_runs_any_batch(tmp_path: Path) -> None:
