@@ -85,14 +85,19 @@ class Handoff:
             "",
             "## Files",
             "",
-            "| file | precision | top-1 % | p50 ms at batch 1 | recommended |",
-            "|---|---|---:|---:|---|",
+            "One row per runtime a file was measured in (the same file may run in several).",
+            "",
+            "| file | precision | runtime | top-1 % | p50 ms at batch 1 | recommended |",
+            "|---|---|---|---:|---:|---|",
         ]
         for v in shipped:
             lat = report_format.latency_at(v, 1)
             top1 = f"{v.accuracy.top1:.2f}" if v.HasField("accuracy") else "-"
             verdict = ("yes" if v.recommended else "NO") + (f" ({v.note})" if v.note else "")
-            lines.append(f"| `{v.artifact}` | {v.precision} | {top1} | {f'{lat.p50_ms:.3f}' if lat else '-'} | {verdict} |")
+            runtime = v.runtime + (f" ({v.execution_provider})" if v.execution_provider else "")
+            lines.append(
+                f"| `{v.artifact}` | {v.precision} | {runtime} | {top1} | {f'{lat.p50_ms:.3f}' if lat else '-'} | {verdict} |"
+            )
         lines += [
             "",
             "## Preprocessing (`preprocess.json`)",

@@ -87,6 +87,9 @@ def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
         store.close()
 
 
+AFTER_TRAINING = ("evaluate", "export", "benchmark", "report")
+
+
 def _failure_message(ctx: JobContext, error: BaseException) -> str:
     """The error, and for a stage after training, which one failed and that the trained student is kept."""
     kept = "student.pt" in ctx.outputs and ctx.current_stage in AFTER_TRAINING
@@ -97,8 +100,6 @@ def _failure_message(ctx: JobContext, error: BaseException) -> str:
         f"from after training: {describe(error)}"
     )
 
-
-AFTER_TRAINING = ("evaluate", "export", "benchmark", "report")
 
 
 def rank_main(config: ServerConfig, job_id: str, worker_pid: int) -> tuple[bytes, dict[str, Any] | None]:

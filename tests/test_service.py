@@ -524,6 +524,9 @@ def test_bundle_predicts_without_torch(finished_job, client: Client, tmp_path: P
             bundle.namelist()
         )
         bundle.extractall(tmp_path / "bundle")
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert "| `student.onnx` | fp32 | onnxruntime (CPUExecutionProvider) |" in card
+    assert "| `student.onnx` | fp32 | openvino (CPU) |" in card  # the same file, measured in each runtime
 
     # 100 validation images as PNG files, and the service's own student on the same images.
     _, val = data.generated_splits(**TINY_DATA)
