@@ -101,7 +101,6 @@ def _failure_message(ctx: JobContext, error: BaseException) -> str:
     )
 
 
-
 def rank_main(config: ServerConfig, job_id: str, worker_pid: int) -> tuple[bytes, dict[str, Any] | None]:
     """Entry point of one training process of a distributed job, started by the job's worker (its elastic agent).
 
