@@ -1,21 +1,23 @@
-"""Datasets as preloaded tensors.
+"""Datasets as preloaded tensors, and the choice between them and streaming.
 
-Every source is decoded once into a uint8 ``N x C x H x W`` tensor; batches are
-cut from it and normalised on the training device. No per-sample Python runs
-in the training step (a DataLoader of PIL transforms costs more than the model
-for 28-32 px nets).
+A split that fits is decoded once into a uint8 ``N x C x H x W`` tensor;
+batches are cut from it and normalised on the training device. No per-sample
+Python runs in the training step (a DataLoader of PIL transforms costs more
+than the model for 28-32 px nets). One that does not fit streams
+(``distill.streaming``): same batches, decoded by worker processes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image
+
+from distill.streaming import Batch, ImageFiles, WebDatasetShards
 
 
 @dataclass
@@ -56,6 +58,27 @@ class ImageData:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
         return ImageData(self.images[order], self.labels[order], self.classes)
 
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index]
+
+    def read(self, batch_indices: Iterable[torch.Tensor], pin_memory: bool = False) -> Iterator[Batch]:
+        del pin_memory  # slices of a tensor in memory: nothing to overlap
+        for index in batch_indices:
+            yield Batch(self.images[index], self.labels[index], index)
+
+    def batches(self, batch_size: int, pin_memory: bool = False) -> Iterator[Batch]:
+        """Every sample once, in stored order."""
+        return self.read(torch.arange(len(self)).split(batch_size), pin_memory)
+
+
+# A split: in memory, or streamed from files or shards. All three give labels, classes, input_shape, subset,
+# take (a few images, decoded here) and batches (every sample once, in order); ImageData and ImageFiles also
+# ``read`` by index, shards ``stream`` an epoch.
+Split = ImageData | ImageFiles | WebDatasetShards
+
+# Per-channel statistics are estimated on this many images of a streamed split (a seeded sample).
+STATISTICS_SAMPLES = 2048
+
 
 @dataclass
 class Normalization:
@@ -65,8 +88,12 @@ class Normalization:
     std: list[float]
 
     @staticmethod
-    def of(data: ImageData) -> Normalization:
-        x = data.images.float().div_(255)
+    def of(data: Split) -> Normalization:
+        """The split's per-channel statistics (of every image in memory; of a seeded sample of a streamed one)."""
+        images = data.images if isinstance(data, ImageData) else data.subset(STATISTICS_SAMPLES, 0).take(
+            torch.arange(min(STATISTICS_SAMPLES, len(data)))
+        )
+        x = images.float().div_(255)
         return Normalization(
             mean=x.mean(dim=(0, 2, 3)).tolist(), std=x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
         )
@@ -93,8 +120,8 @@ class Splits:
     are used (what a teacher trained on this data most likely saw).
     """
 
-    train: ImageData
-    val: ImageData
+    train: Split
+    val: Split
     normalization: Normalization | None = None
 
     def __post_init__(self) -> None:
@@ -138,40 +165,32 @@ def load_torchvision(name: str, root: Path, download: bool = False) -> tuple[Ima
 
 # ---------------------------------------------------------------- ImageFolder
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# Splits whose decoded tensor would be larger than this stream by default (``streaming: auto``).
+IN_MEMORY_BYTES = 2 << 30
 
 
 def load_image_folder(directory: Path, image_size: int = 32, channels: int = 3, classes: list[str] | None = None) -> ImageData:
-    """Decode ``directory/<class>/<image>`` once into a tensor, resized to a square.
+    """Decode ``directory/<class>/<image>`` into one tensor, resized to a square, by worker processes.
 
     ``classes`` pins the class order (the val split must use the train split's).
+    The tensor is allocated once and filled batch by batch: the peak is the
+    tensor, not the tensor plus a copy of every image.
     """
-    if not directory.is_dir():
-        raise FileNotFoundError(f"image folder {directory} does not exist")
-    found = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    classes = classes or found
-    unknown = set(found) - set(classes)
-    if unknown:
-        raise ValueError(f"{directory} has classes the training split lacks: {sorted(unknown)}")
-    mode = "L" if channels == 1 else "RGB"
-    images, labels = [], []
-    for index, name in enumerate(classes):
-        class_dir = directory / name
-        if not class_dir.is_dir():
-            continue
-        for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(path) as image:
-                image = image.convert(mode)
-                if image.size != (image_size, image_size):
-                    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
-                pixels = np.asarray(image, dtype=np.uint8)
-            images.append(torch.from_numpy(pixels.reshape(image_size, image_size, channels).copy()).permute(2, 0, 1))
-            labels.append(index)
-    if not images:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {directory}")
-    return ImageData(torch.stack(images), torch.tensor(labels), classes)
+    return in_memory(ImageFiles.scan(directory, image_size, channels, classes))
+
+
+def in_memory(files: ImageFiles) -> ImageData:
+    """A listed split decoded into one tensor."""
+    images = torch.empty(len(files), *files.input_shape, dtype=torch.uint8)
+    for batch in files.batches(256):
+        assert batch.index is not None
+        images[batch.index] = batch.images
+    return ImageData(images, files.labels, files.classes)
+
+
+def decoded_bytes(split: ImageFiles | WebDatasetShards) -> int:
+    c, h, w = split.input_shape
+    return len(split) * c * h * w
 
 
 # ------------------------------------------------------------ generated shapes

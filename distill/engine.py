@@ -152,7 +152,7 @@ def _distil_offline(
         device=torch.device(job.training.device).type,
         train_samples=len(splits.train),
         processes=trained.world_size,
-        samples_seen=int(trained.visits.sum()),
+        samples_seen=int(trained.visits.sum()) if trained.visits is not None else trained.samples_seen,
     )
 
 

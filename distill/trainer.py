@@ -1,17 +1,19 @@
 """The training loop: a student learns from a teacher (or from labels alone).
 
-Tensor-native: the split stays a uint8 tensor (on the GPU when it fits),
-batches are index slices, normalisation happens on the device. The teacher
-runs in eval mode under inference_mode; with no data augmentation its logits
-for a sample never change, so they are computed once before training instead
-of once per epoch.
+Tensor-native: an in-memory split stays a uint8 tensor (on the GPU when it
+fits) and batches are index slices; a streamed one (``distill.streaming``)
+arrives as uint8 batches decoded by worker processes. Either way
+normalisation happens on the device. The teacher runs in eval mode under
+inference_mode; with no data augmentation its logits for a sample never
+change, so they are computed once before training instead of once per epoch
+(not for shards: a stream has no sample index to cache them by).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill import distributed, features
-from distill.data import ImageData, Normalization, Splits
+from distill.data import ImageData, Normalization, Split, Splits
+from distill.streaming import Batch, WebDatasetShards
 from distill.loop import CheckpointFn, ProgressFn, StepLoop, StopFn, autocast
 from distill.losses import Step, WeightedLoss
 from distill.methods import CrossEntropy
@@ -76,8 +79,9 @@ class TrainResult:
     final_loss: float  # mean loss over the last epoch, across all ranks
     wall_seconds: float
     # Per training sample: how many times a step trained on it (summed over ranks;
-    # a resumed run counts the steps before its checkpoint too).
-    visits: torch.Tensor
+    # a resumed run counts the steps before its checkpoint too). None for shards: a stream has no sample index.
+    visits: torch.Tensor | None
+    samples_seen: int  # training samples this process's steps read (a resumed run counts those before its checkpoint)
     world_size: int = 1
 
 
@@ -89,19 +93,20 @@ _DEVICE_DATA_BYTES = 2 << 30
 
 def predict_logits(
     model: Callable[[torch.Tensor], torch.Tensor],
-    data: ImageData,
+    data: Split,
     normalization: Normalization,
     device: str = "cpu",
     batch_size: int = 512,
     rows: range | None = None,
 ) -> torch.Tensor:
-    """Logits for every sample (or those in ``rows``), in order, as float32 on the CPU."""
-    rows = rows if rows is not None else range(len(data))
-    batches = (
-        normalization.apply(data.images[start : min(start + batch_size, rows.stop)].to(device, non_blocking=True))
-        for start in range(rows.start, rows.stop, batch_size)
-    )
-    return predict(model, batches, device)
+    """Logits for every sample (or those in ``rows``; not for shards), in order, as float32 on the CPU."""
+    pin = device.startswith("cuda")
+    if rows is None:
+        read = data.batches(batch_size, pin)
+    else:
+        assert not isinstance(data, WebDatasetShards), "shards are read whole, in order"
+        read = data.read(torch.arange(rows.start, rows.stop).split(batch_size), pin)
+    return predict(model, (normalization.apply(b.images.to(device, non_blocking=True)) for b in read), device)
 
 
 def predict(
@@ -120,7 +125,7 @@ def distil(
     student: nn.Module,
     teacher: Callable[[torch.Tensor], torch.Tensor] | None,
     loss_fn: WeightedLoss,
-    train: ImageData,
+    train: Split,
     normalization: Normalization,
     config: TrainConfig,
     on_progress: ProgressFn | None = None,
@@ -144,6 +149,8 @@ def distil(
     ranks = distributed.ranks()
     if config.batch_size < ranks.world:
         raise ValueError(f"batch_size {config.batch_size} is smaller than the {ranks.world} training processes")
+    if isinstance(train, WebDatasetShards) and ranks.world > 1:
+        raise ValueError("WebDataset shards train in one process; use an image folder to train on several GPUs")
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     student.to(device).train()
@@ -158,19 +165,19 @@ def distil(
     optimizer = _optimizer(student, loss_fn, config)
     schedule = _schedule(optimizer, config, [pretrain_steps, total_steps - pretrain_steps])
 
-    images, labels = train.images, train.labels
-    if device != "cpu" and images.numel() <= _DEVICE_DATA_BYTES:
-        images, labels = images.to(device), labels.to(device)
+    resident = train
+    if isinstance(train, ImageData) and device != "cpu" and train.images.numel() <= _DEVICE_DATA_BYTES:
+        resident = ImageData(train.images.to(device), train.labels.to(device), train.classes)
     teacher_layers, student_layers = loss_fn.teacher_layers(), loss_fn.student_layers()
     # Teacher logits are fixed per sample, unless the teacher must run anyway (for its
     # features) or sees distorted inputs. Each rank computes a block of them.
     teacher_logits = None
-    cacheable = not teacher_layers and loss_fn.views == 1 and loss_fn.needs_teacher
+    cacheable = not teacher_layers and loss_fn.views == 1 and loss_fn.needs_teacher and not isinstance(train, WebDatasetShards)
     outputs = _num_outputs(student, train, device) if teacher is not None and cacheable else 0
     if outputs and len(train) * 4 * outputs <= _LOGIT_CACHE_BYTES:
         rows = distributed.rows_of(len(train), ranks)
         block = predict_logits(teacher, train, normalization, device, rows=rows) if rows else torch.zeros(0, outputs)
-        teacher_logits = distributed.gather_rows(block.to(device), len(train)).to(images.device)
+        teacher_logits = distributed.gather_rows(block.to(device), len(train))
 
     loop = StepLoop(
         total_steps, config.checkpoint_interval_steps, device, on_progress, on_checkpoint, stop_requested, started=started
@@ -191,9 +198,11 @@ def distil(
         # Stage one (hints, flow) leaves the student's head and the other terms' adapters idle.
         find_unused_parameters=loss_fn.pretrain_epochs > 0 or any(True for _ in loss_fn.parameters()),
     )
-    visits = torch.zeros(len(train), dtype=torch.int32, device=images.device)
-    if step and ranks.rank == 0:  # the steps before the checkpoint, counted once over all ranks
-        visits += _visits_before(step, len(train), config.batch_size, config.seed).to(images.device)
+    indexed = not isinstance(train, WebDatasetShards)
+    visits = torch.zeros(len(train), dtype=torch.int32) if indexed else None
+    if visits is not None and step and ranks.rank == 0:  # the steps before the checkpoint, counted once over all ranks
+        visits += _visits_before(step, len(train), config.batch_size, config.seed)
+    samples_seen = len(train) * (step // steps_per_epoch) + (step % steps_per_epoch) * config.batch_size  # before a resume
     epoch_loss, final_loss = 0.0, math.nan
     with features.tap(student, student_layers, student_store), (
         features.tap(teacher, teacher_layers, teacher_store) if teacher_layers else nullcontext()
@@ -201,21 +210,17 @@ def distil(
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
             pretraining = step < pretrain_steps
-            # The order depends on (seed, epoch) only, so a resumed run, and every rank, sees the same batches.
-            order = _epoch_order(len(train), config.seed, epoch).to(images.device)
             epoch_loss = 0.0
-            for batch_start in range(offset * config.batch_size, len(train), config.batch_size):
-                global_batch = order[batch_start : batch_start + config.batch_size]
-                index = distributed.shard(global_batch, ranks)
-                visits.index_add_(0, index, torch.ones_like(index, dtype=torch.int32))
-                x = normalization.apply(images[index].to(device, non_blocking=True))
-                y = labels[index].to(device, non_blocking=True)
+            for batch, share in _epoch_batches(resident, epoch, offset, config, ranks):
+                if batch.index is not None:
+                    visits.index_add_(0, batch.index.cpu(), torch.ones(len(batch.index), dtype=torch.int32))
+                samples_seen += len(batch.labels)
+                x = normalization.apply(batch.images.to(device, non_blocking=True))
+                y = batch.labels.to(device, non_blocking=True)
                 if device.startswith("cuda"):
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device):
-                    cached = teacher_logits[index].to(device, non_blocking=True) if teacher_logits is not None else None
-                    # Weighted by the shard's share, so that DDP's mean over ranks is the global batch's mean.
-                    share = len(index) * ranks.world / len(global_batch)
+                    cached = teacher_logits[batch.index.to(device)] if teacher_logits is not None else None
                     loss = learner(x, y, cached, pretraining) * share
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -245,9 +250,29 @@ def distil(
         steps=total_steps,
         final_loss=final_loss,
         wall_seconds=loop.seconds,
-        visits=distributed.sum_across(visits.cpu()),
+        visits=distributed.sum_across(visits) if visits is not None else None,
+        samples_seen=samples_seen,  # one process: shards train in one
         world_size=ranks.world,
     )
+
+
+def _epoch_batches(train: Split, epoch: int, offset: int, config: TrainConfig, ranks: distributed.Ranks) -> Iterator[tuple[Batch, float]]:
+    """This rank's batches of ``epoch`` from batch ``offset`` on, each with its share of the global batch.
+
+    The share weights the rank's loss so that DDP's mean over ranks is the
+    global batch's mean. The order depends on (seed, epoch) only, so a resumed
+    run, and every rank, sees the same batches.
+    """
+    pin = config.device.startswith("cuda")
+    if isinstance(train, WebDatasetShards):
+        for batch in train.stream(config.batch_size, config.seed, epoch, offset, pin):
+            yield batch, 1.0
+        return
+    order = _epoch_order(len(train), config.seed, epoch)[offset * config.batch_size :]
+    global_batches = order.split(config.batch_size)
+    shards = [distributed.shard(b, ranks) for b in global_batches]
+    for batch, shard, whole in zip(train.read(shards, pin), shards, global_batches):
+        yield batch, len(shard) * ranks.world / len(whole)
 
 
 class _Learner(nn.Module):
@@ -336,7 +361,7 @@ def _visits_before(step: int, samples: int, batch_size: int, seed: int) -> torch
     return visits
 
 
-def _num_outputs(model: nn.Module, data: ImageData, device: str) -> int:
+def _num_outputs(model: nn.Module, data: Split, device: str) -> int:
     was_training = model.training
     model.eval()
     with torch.inference_mode():

@@ -10,7 +10,6 @@ import onnx
 import torch
 
 from distill.benchmark import LatencyStats
-from distill.data import ImageData
 from distill.evaluate import per_class_top1
 from exporters import runtimes
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -92,7 +91,7 @@ def build(
                 peak_memory_bytes=stats.peak_memory_bytes,
             )
     if eval_inputs.labels is not None:
-        names = eval_inputs.val.classes if isinstance(eval_inputs.val, ImageData) else []
+        names = [] if isinstance(eval_inputs.val, torch.Tensor) else eval_inputs.val.classes
         teacher_classes = per_class_top1(teacher_card.logits, eval_inputs.labels, teacher.num_classes)
         student_classes = per_class_top1(student_card.logits, eval_inputs.labels, teacher.num_classes)
         for c, ((samples, teacher_top1), (_, student_top1)) in enumerate(zip(teacher_classes, student_classes)):

@@ -22,22 +22,31 @@ from typing import Any
 from distill import data, distributed, losses, models
 from distill.benchmark import DEFAULT_BATCH_SIZES, TimingPlan
 from distill.datafree import DataFreeConfig
+from distill.streaming import ImageFiles, WebDatasetShards
 from distill.trainer import TrainConfig
 from exporters import onnx_export
 from protos.distillery.v1 import distillery_pb2 as pb
 from service.errors import FailedPrecondition, InvalidArgument
 
 
+LOADINGS = {pb.DATA_LOADING_AUTO: "auto", pb.DATA_LOADING_IN_MEMORY: "in_memory", pb.DATA_LOADING_STREAMED: "streamed"}
+
+
 @dataclass(frozen=True)
 class DatasetPlan:
-    kind: str  # torchvision | image_folder | generated
+    kind: str  # torchvision | image_folder | webdataset | generated
     name: str = ""
     root: Path | None = None
     download: bool = False
     train_dir: Path | None = None
     val_dir: Path | None = None
+    train_shards: tuple[Path, ...] = ()
+    val_shards: tuple[Path, ...] = ()
+    classes: tuple[str, ...] = ()  # shards' class names; empty: the labels as text
     image_size: int = 32
     channels: int = 3
+    loading: str = "auto"  # image folders: auto | in_memory | streamed (LOADINGS)
+    loader_workers: int = 0  # 0: streaming's default
     generated: dict[str, int] = field(default_factory=dict)
     max_train_samples: int = 0
     max_val_samples: int = 0
@@ -46,27 +55,46 @@ class DatasetPlan:
     exclude_classes: tuple[int, ...] = ()
 
     def load(self) -> data.Splits:
-        """Read (or generate) the splits. Runs in the worker."""
+        """Read (or generate, or list) the splits. Runs in the worker.
+
+        Image folders and shards are listed and capped before anything is
+        decoded; a folder is then decoded into memory if it fits (or as asked).
+        """
         if self.kind == "generated":
             train, val = data.generated_splits(**self.generated)
         elif self.kind == "torchvision":
             assert self.root is not None
             train, val = data.load_torchvision(self.name, self.root, self.download)
+        elif self.kind == "webdataset":
+            train = WebDatasetShards.scan(list(self.train_shards), self.image_size, self.channels, list(self.classes) or None)
+            val = WebDatasetShards.scan(list(self.val_shards), self.image_size, self.channels, train.classes)
         else:
             assert self.train_dir is not None and self.val_dir is not None
-            train = data.load_image_folder(self.train_dir, self.image_size, self.channels)
-            val = data.load_image_folder(self.val_dir, self.image_size, self.channels, classes=train.classes)
+            train = ImageFiles.scan(self.train_dir, self.image_size, self.channels)
+            val = ImageFiles.scan(self.val_dir, self.image_size, self.channels, classes=train.classes)
         if self.normalization and len(self.normalization.mean) != train.input_shape[0]:
             raise ValueError(
                 f"dataset.mean/std give {len(self.normalization.mean)} channels, the images have {train.input_shape[0]}"
             )
         if any(not 0 <= c < len(train.classes) for c in self.exclude_classes):
             raise ValueError(f"dataset.exclude_classes must name classes 0..{len(train.classes) - 1}")
-        return data.Splits(
-            train.without_classes(self.exclude_classes).subset(self.max_train_samples, self.seed),
-            val.subset(self.max_val_samples, self.seed + 1),
-            self.normalization,
-        )
+        if self.exclude_classes:
+            assert not isinstance(train, WebDatasetShards)  # refused when planned
+            train = train.without_classes(self.exclude_classes)
+        train, val = train.subset(self.max_train_samples, self.seed), val.subset(self.max_val_samples, self.seed + 1)
+        if isinstance(train, ImageFiles) and isinstance(val, ImageFiles):
+            fits = data.decoded_bytes(train) + data.decoded_bytes(val) <= data.IN_MEMORY_BYTES
+            if self.loading == "in_memory" or (self.loading == "auto" and fits):
+                train, val = data.in_memory(train), data.in_memory(val)
+        for split in (train, val):
+            if self.loader_workers and not isinstance(split, data.ImageData):
+                split.workers = self.loader_workers
+        return data.Splits(train, val, self.normalization)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits stream (an image folder under ``auto`` knows only once listed)."""
+        return self.kind == "webdataset" or (self.kind == "image_folder" and self.loading == "streamed")
 
 
 @dataclass(frozen=True)
@@ -278,6 +306,8 @@ def _distributed_plan(spec: pb.JobSpec, device: str, cuda_devices: int) -> distr
     d = spec.distributed
     if spec.HasField("benchmark_only"):
         raise InvalidArgument("distributed does not apply to a benchmark-only job (it trains nothing)")
+    if spec.dataset.WhichOneof("source") == "webdataset":
+        raise InvalidArgument("distributed training reads an image folder; WebDataset shards train in one process")
     _in_range(d.processes_per_node, 0, 256, "distributed.processes_per_node")
     _in_range(d.nodes, 0, 1024, "distributed.nodes")
     processes, nodes = d.processes_per_node or 1, d.nodes or 1
@@ -396,10 +426,10 @@ def _method(index: int, term: pb.LossTerm) -> losses.MethodConfig:
     weight = _or_default(term.weight, 1.0)
     _in_range(weight, 1e-6, 1000, f"{where}.weight")
     named: list[pb.LayerPair] = []
-    for field in message.DESCRIPTOR.fields:  # fitnet's `hint`, the others' `layers`
-        if field.message_type is pb.LayerPair.DESCRIPTOR:
-            value = getattr(message, field.name)
-            named += list(value) if field.is_repeated else [value] if message.HasField(field.name) else []
+    for descriptor in message.DESCRIPTOR.fields:  # fitnet's `hint`, the others' `layers`
+        if descriptor.message_type is pb.LayerPair.DESCRIPTOR:
+            value = getattr(message, descriptor.name)
+            named += list(value) if descriptor.is_repeated else [value] if message.HasField(descriptor.name) else []
     for pair in named:
         if not pair.teacher or not pair.student:
             raise InvalidArgument(f"{where}.{name}: a layer pair needs both a teacher and a student module path")
@@ -457,21 +487,53 @@ def _dataset_plan(spec: pb.DatasetSpec, roots: tuple[Path, ...], seed: int) -> D
             )
         root = confine(tv.root, roots, "dataset.torchvision.root")
         return DatasetPlan(kind="torchvision", name=tv.name, root=root, download=tv.download, **limits)
+    _in_range(spec.loader_workers, 0, 64, "dataset.loader_workers")
     if source == "image_folder":
         f = spec.image_folder
-        image_size, channels = f.image_size or 32, f.channels or 3
-        _in_range(image_size, 8, 1024, "dataset.image_folder.image_size")
-        if channels not in (1, 3):
-            raise InvalidArgument("dataset.image_folder.channels must be 1 or 3")
+        if f.loading not in LOADINGS:
+            raise InvalidArgument(f"dataset.image_folder.loading {f.loading} is unknown")
         return DatasetPlan(
             kind="image_folder",
             train_dir=confine(f.train_dir, roots, "dataset.image_folder.train_dir"),
             val_dir=confine(f.val_dir, roots, "dataset.image_folder.val_dir"),
-            image_size=image_size,
-            channels=channels,
+            loading=LOADINGS[f.loading],
+            loader_workers=spec.loader_workers,
+            **_image_format(f.image_size, f.channels, "dataset.image_folder"),
             **limits,
         )
-    raise InvalidArgument("dataset is required: one of torchvision, image_folder, generated")
+    if source == "webdataset":
+        w = spec.webdataset
+        if spec.exclude_classes:
+            raise InvalidArgument("dataset.exclude_classes is not supported for WebDataset shards (a stream is not filtered)")
+        if len(w.classes) > 100_000 or any(not c or len(c) > 200 for c in w.classes):
+            raise InvalidArgument("dataset.webdataset.classes: at most 100,000 names of 1 to 200 characters")
+        return DatasetPlan(
+            kind="webdataset",
+            train_shards=_shards(w.train_shards, roots, "dataset.webdataset.train_shards"),
+            val_shards=_shards(w.val_shards, roots, "dataset.webdataset.val_shards"),
+            classes=tuple(w.classes),
+            loader_workers=spec.loader_workers,
+            **_image_format(w.image_size, w.channels, "dataset.webdataset"),
+            **limits,
+        )
+    raise InvalidArgument("dataset is required: one of torchvision, image_folder, webdataset, generated")
+
+
+def _image_format(image_size: int, channels: int, where: str) -> dict[str, int]:
+    image_size, channels = image_size or 32, channels or 3
+    _in_range(image_size, 8, 1024, f"{where}.image_size")
+    if channels not in (1, 3):
+        raise InvalidArgument(f"{where}.channels must be 1 or 3")
+    return {"image_size": image_size, "channels": channels}
+
+
+def _shards(paths: typing.Sequence[str], roots: tuple[Path, ...], field_name: str) -> tuple[Path, ...]:
+    """Shard files inside the data roots: local paths only (never a URL, so never webdataset's ``pipe:``)."""
+    if not paths:
+        raise InvalidArgument(f"{field_name} needs at least one shard")
+    if len(paths) > 100_000:
+        raise InvalidArgument(f"{field_name}: at most 100,000 shards")
+    return tuple(confine(p, roots, f"{field_name}[{i}]") for i, p in enumerate(paths))
 
 
 # ------------------------------------------------------------ stored plans

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
-from distill.data import ImageData, Normalization, resize
+from distill.data import Normalization, Split, resize
 from distill.evaluate import AccuracyResult, accuracy
 from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher, quantize, runtimes
@@ -32,7 +32,7 @@ class EvalInputs:
     Generated images are already normalised and carry no labels.
     """
 
-    val: ImageData | torch.Tensor
+    val: Split | torch.Tensor
     normalization: Normalization | None = None
     size: tuple[int, int] | None = None  # (height, width) to resize to; None: as they are
 
@@ -45,23 +45,29 @@ class EvalInputs:
 
     @property
     def labels(self) -> torch.Tensor | None:
-        return self.val.labels if isinstance(self.val, ImageData) else None
+        return None if isinstance(self.val, torch.Tensor) else self.val.labels
 
     def __len__(self) -> int:
         return len(self.val)
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.val, ImageData):
-            assert self.normalization is not None
-            return self.fit(self.normalization.apply(self.val.images[index]))
-        return self.fit(self.val[index])
+        """A few inputs (a streamed split decodes them here)."""
+        if isinstance(self.val, torch.Tensor):
+            return self.fit(self.val[index])
+        assert self.normalization is not None
+        return self.fit(self.normalization.apply(self.val.take(index)))
 
     def first(self, count: int) -> torch.Tensor:
         return self.take(torch.arange(min(count, len(self))))
 
     def batches(self, batch_size: int = 512) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self), batch_size):
-            yield self.take(torch.arange(start, min(start + batch_size, len(self))))
+        """Every input once, in order (a streamed split is decoded by worker processes)."""
+        if isinstance(self.val, torch.Tensor):
+            yield from (self.fit(x) for x in self.val.split(batch_size))
+            return
+        assert self.normalization is not None
+        for batch in self.val.batches(batch_size):
+            yield self.fit(self.normalization.apply(batch.images))
 
     def score(self, logits: torch.Tensor, teacher_logits: torch.Tensor) -> AccuracyResult | None:
         return accuracy(logits, self.labels, teacher_logits) if self.labels is not None else None

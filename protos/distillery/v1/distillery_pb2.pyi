@@ -31,6 +31,12 @@ class Device(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEVICE_CPU: _ClassVar[Device]
     DEVICE_CUDA: _ClassVar[Device]
 
+class DataLoading(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_LOADING_AUTO: _ClassVar[DataLoading]
+    DATA_LOADING_IN_MEMORY: _ClassVar[DataLoading]
+    DATA_LOADING_STREAMED: _ClassVar[DataLoading]
+
 class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OPTIMIZER_UNSPECIFIED: _ClassVar[Optimizer]
@@ -74,6 +80,9 @@ DATA_FREE_METHOD_BN_PRIOR: DataFreeMethod
 DEVICE_UNSPECIFIED: Device
 DEVICE_CPU: Device
 DEVICE_CUDA: Device
+DATA_LOADING_AUTO: DataLoading
+DATA_LOADING_IN_MEMORY: DataLoading
+DATA_LOADING_STREAMED: DataLoading
 OPTIMIZER_UNSPECIFIED: Optimizer
 OPTIMIZER_SGD: Optimizer
 OPTIMIZER_ADAM: Optimizer
@@ -252,24 +261,28 @@ class StudentSpec(_message.Message):
     def __init__(self, architecture: _Optional[str] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("torchvision", "image_folder", "generated", "max_train_samples", "max_val_samples", "mean", "std", "exclude_classes")
+    __slots__ = ("torchvision", "image_folder", "generated", "webdataset", "max_train_samples", "max_val_samples", "mean", "std", "exclude_classes", "loader_workers")
     TORCHVISION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FOLDER_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
+    WEBDATASET_FIELD_NUMBER: _ClassVar[int]
     MAX_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    LOADER_WORKERS_FIELD_NUMBER: _ClassVar[int]
     torchvision: TorchvisionDataset
     image_folder: ImageFolderDataset
     generated: GeneratedDataset
+    webdataset: WebDatasetShards
     max_train_samples: int
     max_val_samples: int
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
     exclude_classes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, torchvision: _Optional[_Union[TorchvisionDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., generated: _Optional[_Union[GeneratedDataset, _Mapping]] = ..., max_train_samples: _Optional[int] = ..., max_val_samples: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., exclude_classes: _Optional[_Iterable[int]] = ...) -> None: ...
+    loader_workers: int
+    def __init__(self, torchvision: _Optional[_Union[TorchvisionDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., generated: _Optional[_Union[GeneratedDataset, _Mapping]] = ..., webdataset: _Optional[_Union[WebDatasetShards, _Mapping]] = ..., max_train_samples: _Optional[int] = ..., max_val_samples: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., exclude_classes: _Optional[_Iterable[int]] = ..., loader_workers: _Optional[int] = ...) -> None: ...
 
 class TorchvisionDataset(_message.Message):
     __slots__ = ("name", "root", "download")
@@ -282,16 +295,32 @@ class TorchvisionDataset(_message.Message):
     def __init__(self, name: _Optional[str] = ..., root: _Optional[str] = ..., download: _Optional[bool] = ...) -> None: ...
 
 class ImageFolderDataset(_message.Message):
-    __slots__ = ("train_dir", "val_dir", "image_size", "channels")
+    __slots__ = ("train_dir", "val_dir", "image_size", "channels", "loading")
     TRAIN_DIR_FIELD_NUMBER: _ClassVar[int]
     VAL_DIR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    LOADING_FIELD_NUMBER: _ClassVar[int]
     train_dir: str
     val_dir: str
     image_size: int
     channels: int
-    def __init__(self, train_dir: _Optional[str] = ..., val_dir: _Optional[str] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
+    loading: DataLoading
+    def __init__(self, train_dir: _Optional[str] = ..., val_dir: _Optional[str] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., loading: _Optional[_Union[DataLoading, str]] = ...) -> None: ...
+
+class WebDatasetShards(_message.Message):
+    __slots__ = ("train_shards", "val_shards", "image_size", "channels", "classes")
+    TRAIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    VAL_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    train_shards: _containers.RepeatedScalarFieldContainer[str]
+    val_shards: _containers.RepeatedScalarFieldContainer[str]
+    image_size: int
+    channels: int
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, train_shards: _Optional[_Iterable[str]] = ..., val_shards: _Optional[_Iterable[str]] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GeneratedDataset(_message.Message):
     __slots__ = ("num_classes", "image_size", "channels", "train_size", "val_size", "seed")
