@@ -25,7 +25,6 @@ peak is reported. Writes bench/results/streaming-224.md.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile

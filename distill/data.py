@@ -78,6 +78,14 @@ Split = ImageData | ImageFiles | WebDatasetShards
 
 # Per-channel statistics are estimated on this many images of a streamed split (a seeded sample).
 STATISTICS_SAMPLES = 2048
+# Float32 inputs an inference batch may take: 512 images up to 32 px, 111 at 224 px. A batch of 512 at 224 px
+# held several GB of activations in the evaluate and export stages (onnxruntime's arena keeps them).
+INFERENCE_BATCH_BYTES = 64 << 20
+
+
+def inference_batch_size(input_shape: tuple[int, ...]) -> int:
+    """Images an inference batch (evaluation, teacher logits, runtimes) takes: 512 at most, 8 at least."""
+    return max(8, min(512, INFERENCE_BATCH_BYTES // (4 * math.prod(input_shape))))
 
 
 @dataclass

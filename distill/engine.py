@@ -22,11 +22,12 @@ from torch import nn
 
 from distill import evaluate, models
 from distill.batchnorm import reach_batchnorm
-from distill.data import Normalization, Splits
+from distill.data import ImageData, Normalization, Split, Splits
 from distill.datafree import DataFreeConfig, DataFreeResult, distil_data_free, resolve_method
 from distill.input_convention import InputConvention, find_input_convention
 from distill.loop import CheckpointFn, ProgressFn, StopFn
 from distill.losses import MethodConfig, build_loss
+from distill.streaming import ImageFiles
 from distill.trainer import TrainConfig, distil, predict, predict_logits
 
 StageFn = Callable[[str, str], None]  # (stage, what it is doing), e.g. ("distil", "kd(T=4, alpha=0.9)")
@@ -63,6 +64,8 @@ class TrainingSummary:
     train_samples: int  # 0 for data-free training
     processes: int
     samples_seen: int  # training images a step trained on, over all processes (0 for data-free)
+    data_loading: str = ""  # how the training split was read (empty for data-free)
+    augmentation: str = ""  # the preset, and how the teacher saw it (empty for data-free)
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,24 @@ def _distil_offline(
         train_samples=len(splits.train),
         processes=trained.world_size,
         samples_seen=int(trained.visits.sum()) if trained.visits is not None else trained.samples_seen,
+        data_loading=describe_loading(splits.train),
+        augmentation=describe_augmentation(job.training),
     )
+
+
+def describe_loading(split: Split) -> str:
+    if isinstance(split, ImageData):
+        return "in memory"
+    source = "an image folder" if isinstance(split, ImageFiles) else f"{len(split.shards)} WebDataset shards"
+    return f"streamed from {source} ({split.workers} loader processes)"
+
+
+def describe_augmentation(config: TrainConfig) -> str:
+    if config.augmentation == "none":
+        return "none"
+    if config.teacher_views:
+        return f"{config.augmentation}, {config.teacher_views} cached teacher views"
+    return f"{config.augmentation}, the teacher on every augmented batch"
 
 
 def _distil_data_free(

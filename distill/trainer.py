@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill import distributed, features
-from distill.data import ImageData, Normalization, Split, Splits
+from distill import augment, distributed, features
+from distill.data import ImageData, Normalization, Split, Splits, inference_batch_size
 from distill.streaming import Batch, WebDatasetShards
 from distill.loop import CheckpointFn, ProgressFn, StepLoop, StopFn, autocast
 from distill.losses import Step, WeightedLoss
@@ -43,6 +43,10 @@ class TrainConfig:
     # Clip the global gradient norm: KD's T^2-scaled loss on a confident
     # teacher can kick a ReLU student into dead units in its first steps.
     max_grad_norm: float = 5.0
+    augmentation: str = "none"  # augment.PRESETS
+    # 0: the teacher runs on every augmented batch. K: its logits for K seeded augmented views of every image are
+    # computed before training, and epoch e trains on view e % K (FKD-style; needs an indexed split, not shards).
+    teacher_views: int = 0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -55,6 +59,9 @@ class TrainConfig:
             "weight_decay must be in [0, 1]": self.weight_decay is None or 0 <= self.weight_decay <= 1,
             "checkpoint_interval_steps must be >= 1": self.checkpoint_interval_steps >= 1,
             "max_grad_norm must be in (0, 1e6]": 0 < self.max_grad_norm <= 1e6,
+            f"augmentation must be one of {', '.join(augment.PRESETS)}": self.augmentation in augment.PRESETS,
+            "teacher_views must be 0..1000": 0 <= self.teacher_views <= 1000,
+            "teacher_views need an augmentation to take views of": not self.teacher_views or self.augmentation != "none",
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -96,11 +103,15 @@ def predict_logits(
     data: Split,
     normalization: Normalization,
     device: str = "cpu",
-    batch_size: int = 512,
+    batch_size: int = 0,
     rows: range | None = None,
 ) -> torch.Tensor:
-    """Logits for every sample (or those in ``rows``; not for shards), in order, as float32 on the CPU."""
+    """Logits for every sample (or those in ``rows``; not for shards), in order, as float32 on the CPU.
+
+    ``batch_size`` 0: ``data.inference_batch_size`` of the images.
+    """
     pin = device.startswith("cuda")
+    batch_size = batch_size or inference_batch_size(data.input_shape)
     if rows is None:
         read = data.batches(batch_size, pin)
     else:
@@ -169,15 +180,30 @@ def distil(
     if isinstance(train, ImageData) and device != "cpu" and train.images.numel() <= _DEVICE_DATA_BYTES:
         resident = ImageData(train.images.to(device), train.labels.to(device), train.classes)
     teacher_layers, student_layers = loss_fn.teacher_layers(), loss_fn.student_layers()
-    # Teacher logits are fixed per sample, unless the teacher must run anyway (for its
-    # features) or sees distorted inputs. Each rank computes a block of them.
+    augmentation = augment.Augmentation(config.augmentation, _num_outputs(student, train, device))
+    views = augment.CachedViews(augmentation, config.teacher_views, config.seed) if config.teacher_views else None
+    # Teacher logits are fixed per sample (per view, with cached views), unless the teacher must run anyway
+    # (for its features) or sees distorted or freshly augmented inputs. Each rank computes a block of them.
     teacher_logits = None
-    cacheable = not teacher_layers and loss_fn.views == 1 and loss_fn.needs_teacher and not isinstance(train, WebDatasetShards)
-    outputs = _num_outputs(student, train, device) if teacher is not None and cacheable else 0
-    if outputs and len(train) * 4 * outputs <= _LOGIT_CACHE_BYTES:
+    cacheable = (
+        teacher is not None
+        and not teacher_layers
+        and loss_fn.views == 1
+        and loss_fn.needs_teacher
+        and not isinstance(train, WebDatasetShards)
+        and (config.augmentation == "none" or views is not None)
+    )
+    if views is not None and not cacheable:
+        raise ValueError("teacher_views cache the teacher's logits: not for shards, feature methods or self-distillation")
+    copies = views.views if views is not None else 1
+    if cacheable and copies * len(train) * 4 * augmentation.num_classes <= _LOGIT_CACHE_BYTES:
         rows = distributed.rows_of(len(train), ranks)
-        block = predict_logits(teacher, train, normalization, device, rows=rows) if rows else torch.zeros(0, outputs)
-        teacher_logits = distributed.gather_rows(block.to(device), len(train))
+        teacher_logits = torch.stack([
+            distributed.gather_rows(_teacher_block(teacher, train, normalization, device, rows, views, view, augmentation.num_classes).to(device), len(train))
+            for view in range(copies)
+        ])  # views x samples x classes
+    elif views is not None:
+        raise ValueError(f"teacher_views {views.views} of {len(train)} images would take more than {_LOGIT_CACHE_BYTES >> 20} MB")
 
     loop = StepLoop(
         total_steps, config.checkpoint_interval_steps, device, on_progress, on_checkpoint, stop_requested, started=started
@@ -215,12 +241,14 @@ def distil(
                 if batch.index is not None:
                     visits.index_add_(0, batch.index.cpu(), torch.ones(len(batch.index), dtype=torch.int32))
                 samples_seen += len(batch.labels)
-                x = normalization.apply(batch.images.to(device, non_blocking=True))
-                y = batch.labels.to(device, non_blocking=True)
+                images = batch.images.to(device, non_blocking=True)
+                view = epoch % views.views if views is not None else 0
+                images = views.images(images, batch.index, view) if views is not None else augmentation.images(images)
+                x, y = augmentation.mix(normalization.apply(images), batch.labels.to(device, non_blocking=True))
                 if device.startswith("cuda"):
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device):
-                    cached = teacher_logits[batch.index.to(device)] if teacher_logits is not None else None
+                    cached = teacher_logits[view][batch.index.to(device)] if teacher_logits is not None else None
                     loss = learner(x, y, cached, pretraining) * share
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -254,6 +282,25 @@ def distil(
         samples_seen=samples_seen,  # one process: shards train in one
         world_size=ranks.world,
     )
+
+
+def _teacher_block(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    train: Split,
+    normalization: Normalization,
+    device: str,
+    rows: range,
+    views: augment.CachedViews | None,
+    view: int,
+    num_classes: int,
+) -> torch.Tensor:
+    """The teacher's logits for ``rows`` of the split (their view ``view`` with cached views), float32 on the CPU."""
+    if not rows:
+        return torch.zeros(0, num_classes)
+    if views is None:
+        return predict_logits(teacher, train, normalization, device, rows=rows)
+    read = train.read(torch.arange(rows.start, rows.stop).split(inference_batch_size(train.input_shape)), device.startswith("cuda"))
+    return predict(teacher, (normalization.apply(views.images(b.images.to(device), b.index, view)) for b in read), device)
 
 
 def _epoch_batches(train: Split, epoch: int, offset: int, config: TrainConfig, ranks: distributed.Ranks) -> Iterator[tuple[Batch, float]]:

@@ -19,6 +19,8 @@ def training_summary(summary: engine.TrainingSummary) -> pb.TrainingSummary:
         train_samples=summary.train_samples,
         processes=summary.processes,
         samples_seen=summary.samples_seen,
+        data_loading=summary.data_loading,
+        augmentation=summary.augmentation,
     )
 
 

@@ -313,6 +313,8 @@ def how_it_was_made(report: pb.Report) -> list[str]:
         lines = [
             f"Method: {t.method}; {t.epochs} epochs, {t.steps} steps on {_where(t)}, {t.wall_seconds:.1f} s; "
             f"final-epoch loss {t.final_loss:.4f}; {t.train_samples} training and {t.val_samples} validation samples.",
+            f"Training data: {t.data_loading or 'in memory'}; augmentation: {t.augmentation or 'none'} "
+            "(evaluation never augments).",
             "Accuracy is the final model's on the validation split (no checkpoint was picked by it).",
         ]
     if report.HasField("input_convention"):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from distill import data, distributed, losses, models
+from distill import augment, data, distributed, losses, models
 from distill.benchmark import DEFAULT_BATCH_SIZES, TimingPlan
 from distill.datafree import DataFreeConfig
 from distill.streaming import ImageFiles, WebDatasetShards
@@ -213,6 +213,8 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
             seed=t.seed,
             checkpoint_interval_steps=t.checkpoint_interval_steps or 200,
             max_grad_norm=t.max_grad_norm or 5.0,
+            augmentation=_augmentation(t),
+            teacher_views=t.teacher_views,
             device=device,
         )
     except ValueError as e:
@@ -226,6 +228,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         default_kd = [pb.LossTerm(kd=pb.KnowledgeDistillation())]
         methods = [_method(i, term) for i, term in enumerate(spec.losses or default_kd)]
 
+    _check_augmentation(spec, training, methods, data_free is not None)
     export = _export_plan(spec.export)
 
     b = spec.benchmark
@@ -261,6 +264,34 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         benchmark_only=benchmark_only,
         distributed=_distributed_plan(spec, device, cuda_devices) if spec.HasField("distributed") else None,
     )
+
+
+_AUGMENTATIONS = {pb.AUGMENTATION_NONE: "none", pb.AUGMENTATION_STANDARD: "standard", pb.AUGMENTATION_STRONG: "strong"}
+
+
+def _augmentation(t: pb.TrainingSpec) -> str:
+    if t.augmentation == pb.AUGMENTATION_AUTO:
+        return augment.preset_for(t.epochs or 10)
+    if t.augmentation not in _AUGMENTATIONS:
+        raise InvalidArgument(f"training.augmentation {t.augmentation} is unknown")
+    return _AUGMENTATIONS[t.augmentation]
+
+
+def _check_augmentation(spec: pb.JobSpec, training: TrainConfig, methods: list[losses.MethodConfig], data_free: bool) -> None:
+    t = spec.training
+    if data_free and (t.augmentation not in (pb.AUGMENTATION_AUTO, pb.AUGMENTATION_NONE) or t.teacher_views):
+        raise InvalidArgument("training.augmentation and teacher_views apply to training data; data-free generates its inputs")
+    names = {m.method for m in methods}
+    if training.augmentation == "strong" and "dkd" in names:
+        raise InvalidArgument("training.augmentation STRONG mixes images (MixUp/CutMix); dkd needs one class per image: use STANDARD")
+    if training.teacher_views:
+        if training.augmentation == "strong":
+            raise InvalidArgument("training.teacher_views need one teacher output per image; STRONG mixes images: use STANDARD")
+        live = names & {"fitnet", "attention", "fsp", "self_distill"}
+        if live:
+            raise InvalidArgument(f"training.teacher_views cache the teacher's logits; {', '.join(sorted(live))} need it live")
+        if spec.dataset.WhichOneof("source") == "webdataset":
+            raise InvalidArgument("training.teacher_views need random access to the images; WebDataset shards are streams")
 
 
 _EXPORTERS = {

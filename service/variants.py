@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
-from distill.data import Normalization, Split, resize
+from distill.data import Normalization, Split, inference_batch_size, resize
 from distill.evaluate import AccuracyResult, accuracy
 from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher, quantize, runtimes
@@ -60,8 +60,10 @@ class EvalInputs:
     def first(self, count: int) -> torch.Tensor:
         return self.take(torch.arange(min(count, len(self))))
 
-    def batches(self, batch_size: int = 512) -> Iterator[torch.Tensor]:
-        """Every input once, in order (a streamed split is decoded by worker processes)."""
+    def batches(self, batch_size: int = 0) -> Iterator[torch.Tensor]:
+        """Every input once, in order (a streamed split is decoded by worker processes); ``batch_size`` 0: as
+        ``data.inference_batch_size`` sizes them for the native inputs."""
+        batch_size = batch_size or inference_batch_size(tuple(self.val.shape[1:]) if isinstance(self.val, torch.Tensor) else self.val.input_shape)
         if isinstance(self.val, torch.Tensor):
             yield from (self.fit(x) for x in self.val.split(batch_size))
             return

@@ -213,3 +213,45 @@ def test_distributed_plans_and_refusals(tmp_path: Path) -> None:
             (tmp_path,),
             cuda_devices=0,
         )
+
+
+def _kd_spec(**training: object) -> pb.JobSpec:
+    return pb.JobSpec(
+        teacher_model_id="m-x",
+        student=pb.StudentSpec(architecture="lenet5_half"),
+        dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+        training=pb.TrainingSpec(**training),
+    )
+
+
+def test_augmentation_auto_follows_the_budget_and_bad_pairs_are_refused(tmp_path: Path) -> None:
+    def plan(spec: pb.JobSpec) -> specs.JobPlan:
+        return specs.plan(spec, (tmp_path,), cuda_devices=0)
+
+    assert plan(_kd_spec(epochs=10)).training.augmentation == "none"
+    assert plan(_kd_spec(epochs=40)).training.augmentation == "standard"
+    assert plan(_kd_spec(epochs=40, augmentation=pb.AUGMENTATION_NONE)).training.augmentation == "none"
+    views = plan(_kd_spec(augmentation=pb.AUGMENTATION_STANDARD, teacher_views=4)).training
+    assert (views.augmentation, views.teacher_views) == ("standard", 4)
+
+    dkd = _kd_spec(augmentation=pb.AUGMENTATION_STRONG)
+    dkd.losses.add(dkd=pb.DecoupledKnowledgeDistillation())
+    refusals = {
+        "dkd needs one class per image": dkd,
+        "STRONG mixes images: use STANDARD": _kd_spec(augmentation=pb.AUGMENTATION_STRONG, teacher_views=2),
+        "need an augmentation to take views of": _kd_spec(augmentation=pb.AUGMENTATION_NONE, teacher_views=2),
+    }
+    shards = _kd_spec(augmentation=pb.AUGMENTATION_STANDARD, teacher_views=2)
+    shards.dataset.webdataset.train_shards.append("a.tar")
+    shards.dataset.webdataset.val_shards.append("b.tar")
+    refusals["WebDataset shards are streams"] = shards
+    attention = _kd_spec(augmentation=pb.AUGMENTATION_STANDARD, teacher_views=2)
+    attention.losses.add(attention=pb.AttentionTransfer())
+    refusals["attention need it live"] = attention
+    data_free = _kd_spec(augmentation=pb.AUGMENTATION_STANDARD)
+    data_free.data_free.input_shape.CopyFrom(pb.InputShape(channels=1, height=28, width=28))
+    data_free.training.ClearField("epochs")
+    refusals["data-free generates its inputs"] = data_free
+    for message, spec in refusals.items():
+        with pytest.raises(InvalidArgument, match=message):
+            plan(spec)

@@ -49,6 +49,13 @@ class LrSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LR_SCHEDULE_COSINE: _ClassVar[LrSchedule]
     LR_SCHEDULE_CONSTANT: _ClassVar[LrSchedule]
 
+class Augmentation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUGMENTATION_AUTO: _ClassVar[Augmentation]
+    AUGMENTATION_NONE: _ClassVar[Augmentation]
+    AUGMENTATION_STANDARD: _ClassVar[Augmentation]
+    AUGMENTATION_STRONG: _ClassVar[Augmentation]
+
 class OnnxExporter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ONNX_EXPORTER_UNSPECIFIED: _ClassVar[OnnxExporter]
@@ -89,6 +96,10 @@ OPTIMIZER_ADAM: Optimizer
 LR_SCHEDULE_UNSPECIFIED: LrSchedule
 LR_SCHEDULE_COSINE: LrSchedule
 LR_SCHEDULE_CONSTANT: LrSchedule
+AUGMENTATION_AUTO: Augmentation
+AUGMENTATION_NONE: Augmentation
+AUGMENTATION_STANDARD: Augmentation
+AUGMENTATION_STRONG: Augmentation
 ONNX_EXPORTER_UNSPECIFIED: OnnxExporter
 ONNX_EXPORTER_DYNAMO: OnnxExporter
 ONNX_EXPORTER_TORCHSCRIPT: OnnxExporter
@@ -421,7 +432,7 @@ class DecoupledKnowledgeDistillation(_message.Message):
     def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("epochs", "batch_size", "optimizer", "learning_rate", "weight_decay", "lr_schedule", "seed", "checkpoint_interval_steps", "max_grad_norm")
+    __slots__ = ("epochs", "batch_size", "optimizer", "learning_rate", "weight_decay", "lr_schedule", "seed", "checkpoint_interval_steps", "max_grad_norm", "augmentation", "teacher_views")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +442,8 @@ class TrainingSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_INTERVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    AUGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_VIEWS_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     optimizer: Optimizer
@@ -440,7 +453,9 @@ class TrainingSpec(_message.Message):
     seed: int
     checkpoint_interval_steps: int
     max_grad_norm: float
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., seed: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
+    augmentation: Augmentation
+    teacher_views: int
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., seed: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., augmentation: _Optional[_Union[Augmentation, str]] = ..., teacher_views: _Optional[int] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
     __slots__ = ("opset", "parity_tolerance", "dynamic_batch", "exporter", "int8", "accuracy_budget", "fp16", "input_size", "parity_relative_tolerance")
@@ -874,7 +889,7 @@ class Latency(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., p95_ms: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., speedup_vs_teacher: _Optional[float] = ..., speedup_vs_teacher_pytorch: _Optional[float] = ...) -> None: ...
 
 class TrainingSummary(_message.Message):
-    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen")
+    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen", "data_loading", "augmentation")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -885,6 +900,8 @@ class TrainingSummary(_message.Message):
     VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_SEEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_LOADING_FIELD_NUMBER: _ClassVar[int]
+    AUGMENTATION_FIELD_NUMBER: _ClassVar[int]
     method: str
     epochs: int
     steps: int
@@ -895,7 +912,9 @@ class TrainingSummary(_message.Message):
     val_samples: int
     processes: int
     samples_seen: int
-    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ...) -> None: ...
+    data_loading: str
+    augmentation: str
+    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ..., data_loading: _Optional[str] = ..., augmentation: _Optional[str] = ...) -> None: ...
 
 class ExportSummary(_message.Message):
     __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact", "input_shape", "parity_relative_tolerance")
