@@ -97,14 +97,19 @@ class Normalization:
 
     @staticmethod
     def of(data: Split) -> Normalization:
-        """The split's per-channel statistics (of every image in memory; of a seeded sample of a streamed one)."""
-        images = data.images if isinstance(data, ImageData) else data.subset(STATISTICS_SAMPLES, 0).take(
-            torch.arange(min(STATISTICS_SAMPLES, len(data)))
-        )
-        x = images.float().div_(255)
-        return Normalization(
-            mean=x.mean(dim=(0, 2, 3)).tolist(), std=x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-        )
+        """The split's per-channel statistics: of every image in memory, of a seeded sample of a streamed split.
+
+        Accumulated batch by batch (sums in float64), so a float copy of the split is never made.
+        """
+        sample = data if isinstance(data, ImageData) else data.subset(STATISTICS_SAMPLES, 0)
+        total = torch.zeros(3, sample.input_shape[0], dtype=torch.float64)  # count, sum, sum of squares
+        for batch in sample.batches(inference_batch_size(sample.input_shape)):
+            x = batch.images.to(torch.float64).div_(255).transpose(0, 1).flatten(1)  # channels x pixels
+            total += torch.stack([torch.full((x.shape[0],), float(x.shape[1]), dtype=torch.float64), x.sum(1), x.square().sum(1)])
+        count, first, second = total
+        mean = first / count
+        variance = (second - count * mean.square()) / (count - 1).clamp_min(1)  # unbiased, as Tensor.std
+        return Normalization(mean=mean.tolist(), std=variance.clamp_min(0).sqrt().clamp_min(1e-3).tolist())
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch (on any device) -> normalised float32 batch."""
