@@ -78,6 +78,11 @@ class Augmentation:
 def crop_and_flip(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """``standard``'s crop and flip, each image its own, in one warp (bilinear; a shift is whole pixels, exact)."""
     n, _, h, w = batch.shape
+    return _warp(batch, _draw_crops(n, h, w, generator))
+
+
+def _draw_crops(n: int, h: int, w: int, generator: torch.Generator | None) -> tuple[torch.Tensor, str]:
+    """Per image, the affine map (n x 2 x 3, grid units) of a random crop and flip; and the padding it needs."""
     g = generator
     rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731  (on the CPU: the generator's device)
     flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
@@ -97,8 +102,12 @@ def crop_and_flip(batch: torch.Tensor, generator: torch.Generator | None = None)
         tx, ty = 2 * shift_x / w, 2 * shift_y / h
         padding = "reflection"
     zero = torch.zeros(n)
-    theta = torch.stack([torch.stack([sx * flip, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1).to(batch.device)
-    grid = F.affine_grid(theta, [n, batch.shape[1], h, w], align_corners=False)
+    return torch.stack([torch.stack([sx * flip, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1), padding
+
+
+def _warp(batch: torch.Tensor, crops: tuple[torch.Tensor, str]) -> torch.Tensor:
+    theta, padding = crops
+    grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
     warped = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
     return warped.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -107,16 +116,19 @@ class CachedViews:
     """Seeded augmented views of a split: view ``v`` of image ``i`` is the same pixels whenever it is rebuilt."""
 
     def __init__(self, augmentation: Augmentation, views: int, seed: int) -> None:
-        if augmentation.mixes:
-            raise ValueError("cached teacher views need one teacher output per image; strong mixes images: use standard")
+        if augmentation.preset != "standard":
+            raise ValueError(f"cached teacher views take views of the standard preset, not {augmentation.preset} "
+                             "(strong mixes images: one teacher output per image is gone)")
         if views < 1:
             raise ValueError("views must be 1 or more")
         self.augmentation, self.views, self.seed = augmentation, views, seed
 
     def images(self, batch: torch.Tensor, index: torch.Tensor, view: int) -> torch.Tensor:
-        """View ``view`` of the images at ``index`` (their indices in the split)."""
-        out = []
-        for image, i in zip(batch, index.tolist()):  # one seed an image: its view does not depend on its batch
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + view) * 1_000_000_007 + i)
-            out.append(self.augmentation.images(image[None], g))
-        return torch.cat(out)
+        """View ``view`` of the images at ``index`` (their indices in the split): one warp for the batch, each
+        image's crop drawn from its own seed, so its view does not depend on its batch."""
+        _, _, h, w = batch.shape
+        drawn = [
+            _draw_crops(1, h, w, torch.Generator().manual_seed((self.seed * 1_000_003 + view) * 1_000_000_007 + i))
+            for i in index.tolist()
+        ]
+        return _warp(batch, (torch.cat([theta for theta, _ in drawn]), drawn[0][1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -110,6 +111,7 @@ class JobContext:
     def stage(self, name: str, message: str = "") -> None:
         log.info("stage %s %s", name, message)
         self.current_stage = name
+        release_freed_memory()
         if self.local_rank != 0:
             return
         self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=STAGE_START[name], message=message))
@@ -148,3 +150,21 @@ def save_atomically(state: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the OS (glibc keeps them otherwise).
+
+    A stage's large temporaries (the convention search's batches, evaluation
+    at 224 px) would else stay resident through the next stage, and the
+    worker's memory would be the sum of its stages' peaks rather than the largest.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018  (glibc only: musl and macOS have none)
+except (OSError, AttributeError):
+    _LIBC = None

@@ -62,7 +62,7 @@ def test_a_cached_view_is_the_same_pixels_in_any_batch() -> None:
     whole = views.images(images, torch.arange(6), view=1)
     assert torch.equal(views.images(images[[4, 1]], torch.tensor([4, 1]), view=1), whole[[4, 1]])
     assert not torch.equal(views.images(images, torch.arange(6), view=2), whole)
-    with pytest.raises(ValueError, match="strong mixes"):
+    with pytest.raises(ValueError, match="strong mixes images"):
         augment.CachedViews(augment.Augmentation("strong", 10), views=2, seed=0)
 
 

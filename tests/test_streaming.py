@@ -191,3 +191,22 @@ def test_a_kd_job_on_webdataset_shards_runs_end_to_end(client: Client, teacher_m
     assert teacher.accuracy.samples == student.accuracy.samples == TINY_DATA["val_size"]
     assert teacher.accuracy.top1 > 90 and student.accuracy.top1 > 80
     assert report.training.train_samples == TINY_DATA["train_size"]
+
+
+def test_a_folder_is_decoded_into_memory_when_it_fits_and_streamed_when_not(
+    tmp_path: Path, split: data.ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.specs import DatasetPlan
+
+    for name in ("train", "val"):
+        _write_folder(tmp_path / name, split)
+    plan = DatasetPlan(kind="image_folder", train_dir=tmp_path / "train", val_dir=tmp_path / "val", image_size=16,
+                       max_train_samples=50, loader_workers=1)
+    loaded = plan.load()
+    assert isinstance(loaded.train, data.ImageData) and len(loaded.train) == 50  # capped before decoding
+    streamed = DatasetPlan(**{**plan.__dict__, "loading": "streamed"}).load()
+    assert isinstance(streamed.train, ImageFiles) and streamed.train.workers == 1
+    assert streamed.train.paths == ImageFiles.scan(tmp_path / "train", 16, 3).subset(50, plan.seed).paths
+    monkeypatch.setattr(data, "IN_MEMORY_BYTES", 1000)  # too big to hold now
+    assert isinstance(plan.load().train, ImageFiles)
+    assert isinstance(DatasetPlan(**{**plan.__dict__, "loading": "in_memory"}).load().train, data.ImageData)
