@@ -231,7 +231,7 @@ def _split_key(name: str) -> tuple[str, str]:
     """WebDataset's convention: the key is the path up to the first dot of the file name, the rest the extension."""
     directory, _, file_name = name.rpartition("/")
     stem, _, extension = file_name.partition(".")
-    return f"{directory}/{stem}" if directory else stem, extension.lower()
+    return f"{directory}/{stem}" if directory else stem, extension  # case kept: webdataset matches it as written
 
 
 def _label(raw: bytes | None, where: str) -> int:
@@ -326,9 +326,13 @@ class WebDatasetShards:
         workers = min(self.workers, len(self.shards))  # more workers than shards would idle
         pipeline = self._pipeline(shuffle_seed=seed * 100_003 + epoch).batched(batch_size, collation_fn=_collate, partial=True)
         loader = DataLoader(pipeline, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+        read = 0
         for step, batch in enumerate(_rebatched(loader, batch_size, len(self))):
+            read += len(batch.labels)
             if step >= skip_batches:
                 yield _pinned(batch) if pin_memory else batch
+        if read < len(self):  # an epoch's steps are counted from the scan: a short one would shift every later epoch
+            raise ValueError(f"the shards gave {read} samples, {len(self)} when scanned: were they changed?")
 
     def batches(self, batch_size: int, pin_memory: bool = False) -> Iterator[Batch]:
         """Every sample once, in stored order (one process: several would interleave shards)."""
