@@ -1,14 +1,14 @@
 """Augmentation: KD without and with each preset, at a short and a long budget, side by side in one run.
 
     python bench/augmentation.py                          # the README's table
-    python bench/augmentation.py --long-epochs 20 --train-samples 2000   # quicker
+    python bench/augmentation.py --epochs 5 20 --train-samples 2000   # quicker
 
 Data: the shared CIFAR-10 (JPEG, 32 px). The teacher, a ResNet-20, is trained
 by the bench with the ``standard`` preset on all 50,000 training images
 (``--teacher-epochs``, cached in bench/.cache/augmentation). Each student, a
 ResNet-8, is distilled with KD (T=4, alpha=0.9, SGD 0.05, cosine) from
-``--train-samples`` training images (a seeded subset), at ``--short-epochs``
-and ``--long-epochs``, with: no augmentation (the teacher's logits cached
+``--train-samples`` training images (a seeded subset), at each of ``--epochs``
+(a short and a long budget), with: no augmentation (the teacher's logits cached
 once), ``standard`` and ``strong`` with the teacher run on every augmented
 batch, and ``standard`` with ``--views`` cached teacher views (FKD-style).
 Top-1 is the final student's on the 10,000 test images (never the best epoch).
@@ -63,8 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--train-samples", type=int, default=5000)
-    p.add_argument("--short-epochs", type=int, default=10)
-    p.add_argument("--long-epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, nargs="+", default=[10, 40], help="the budgets: a short and a long one")
     p.add_argument("--views", type=int, default=8, help="cached teacher views (FKD-style)")
     p.add_argument("--out", type=Path, default=RESULTS / "augmentation-cifar10.md")
     args = p.parse_args()
@@ -77,7 +76,7 @@ def main() -> None:
     subset = train.subset(args.train_samples, seed=0)
     runs = [("none", 0), ("standard", 0), ("standard", args.views), ("strong", 0)]
     rows = []
-    for epochs in (args.short_epochs, args.long_epochs):
+    for epochs in args.epochs:
         for augmentation, views in runs:
             accuracy, seconds = distil(teacher, splits, subset, epochs, augmentation, views)
             label = f"{augmentation}, {views} cached teacher views" if views else (

@@ -35,6 +35,10 @@ PRESETS = ("none", "standard", "strong")
 STANDARD_FROM_EPOCHS = 30
 
 
+# Cached teacher views a ``standard`` job gets when it does not choose (and its teacher and data allow them).
+DEFAULT_TEACHER_VIEWS = 8
+
+
 def preset_for(epochs: int) -> str:
     """The preset a job that does not choose gets."""
     return "standard" if epochs >= STANDARD_FROM_EPOCHS else "none"
@@ -113,22 +117,23 @@ def _warp(batch: torch.Tensor, crops: tuple[torch.Tensor, str]) -> torch.Tensor:
 
 
 class CachedViews:
-    """Seeded augmented views of a split: view ``v`` of image ``i`` is the same pixels whenever it is rebuilt."""
+    """Seeded augmented views of a split of ``samples`` images: view ``v`` of image ``i`` is the same pixels
+    whenever it is rebuilt, in any batch. Each view's crops are drawn once, for every image (24 bytes each)."""
 
-    def __init__(self, augmentation: Augmentation, views: int, seed: int) -> None:
+    def __init__(self, augmentation: Augmentation, views: int, seed: int, samples: int) -> None:
         if augmentation.preset != "standard":
             raise ValueError(f"cached teacher views take views of the standard preset, not {augmentation.preset} "
                              "(strong mixes images: one teacher output per image is gone)")
         if views < 1:
             raise ValueError("views must be 1 or more")
-        self.augmentation, self.views, self.seed = augmentation, views, seed
+        self.augmentation, self.views, self.seed, self.samples = augmentation, views, seed, samples
+        self._crops: dict[tuple[int, int, int], tuple[torch.Tensor, str]] = {}
 
     def images(self, batch: torch.Tensor, index: torch.Tensor, view: int) -> torch.Tensor:
-        """View ``view`` of the images at ``index`` (their indices in the split): one warp for the batch, each
-        image's crop drawn from its own seed, so its view does not depend on its batch."""
+        """View ``view`` of the images at ``index`` (their indices in the split), in one warp."""
         _, _, h, w = batch.shape
-        drawn = [
-            _draw_crops(1, h, w, torch.Generator().manual_seed((self.seed * 1_000_003 + view) * 1_000_000_007 + i))
-            for i in index.tolist()
-        ]
-        return _warp(batch, (torch.cat([theta for theta, _ in drawn]), drawn[0][1]))
+        key = (view, h, w)
+        if key not in self._crops:
+            self._crops[key] = _draw_crops(self.samples, h, w, torch.Generator().manual_seed(self.seed * 1_000_003 + view))
+        theta, padding = self._crops[key]
+        return _warp(batch, (theta[index.cpu()], padding))

@@ -181,7 +181,7 @@ def distil(
         resident = ImageData(train.images.to(device), train.labels.to(device), train.classes)
     teacher_layers, student_layers = loss_fn.teacher_layers(), loss_fn.student_layers()
     augmentation = augment.Augmentation(config.augmentation, _num_outputs(student, train, device))
-    views = augment.CachedViews(augmentation, config.teacher_views, config.seed) if config.teacher_views else None
+    views = augment.CachedViews(augmentation, config.teacher_views, config.seed, len(train)) if config.teacher_views else None
     # Teacher logits are fixed per sample (per view, with cached views), unless the teacher must run anyway
     # (for its features) or sees distorted or freshly augmented inputs. Each rank computes a block of them.
     teacher_logits = None

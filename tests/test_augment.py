@@ -58,12 +58,12 @@ def test_none_is_the_identity_and_strong_mixes_labels() -> None:
 
 def test_a_cached_view_is_the_same_pixels_in_any_batch() -> None:
     images = data.generate_shapes(6, channels=3, image_size=32).images
-    views = augment.CachedViews(augment.Augmentation("standard", 10), views=3, seed=0)
+    views = augment.CachedViews(augment.Augmentation("standard", 10), views=3, seed=0, samples=6)
     whole = views.images(images, torch.arange(6), view=1)
     assert torch.equal(views.images(images[[4, 1]], torch.tensor([4, 1]), view=1), whole[[4, 1]])
     assert not torch.equal(views.images(images, torch.arange(6), view=2), whole)
     with pytest.raises(ValueError, match="strong mixes images"):
-        augment.CachedViews(augment.Augmentation("strong", 10), views=2, seed=0)
+        augment.CachedViews(augment.Augmentation("strong", 10), views=2, seed=0, samples=6)
 
 
 class _Recorder(torch.nn.Module):

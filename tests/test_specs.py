@@ -229,7 +229,14 @@ def test_augmentation_auto_follows_the_budget_and_bad_pairs_are_refused(tmp_path
         return specs.plan(spec, (tmp_path,), cuda_devices=0)
 
     assert plan(_kd_spec(epochs=10)).training.augmentation == "none"
-    assert plan(_kd_spec(epochs=40)).training.augmentation == "standard"
+    long = plan(_kd_spec(epochs=40)).training
+    assert (long.augmentation, long.teacher_views) == ("standard", 8)  # cached views: the benchmark's winner
+    live = plan(_kd_spec(epochs=40, teacher_views=0)).training
+    assert (live.augmentation, live.teacher_views) == ("standard", 0)
+    attention = _kd_spec(epochs=40)
+    attention.losses.add(attention=pb.AttentionTransfer())
+    attention.losses.add(kd=pb.KnowledgeDistillation())
+    assert plan(attention).training.teacher_views == 0  # needs the teacher live: views are not the default then
     assert plan(_kd_spec(epochs=40, augmentation=pb.AUGMENTATION_NONE)).training.augmentation == "none"
     views = plan(_kd_spec(augmentation=pb.AUGMENTATION_STANDARD, teacher_views=4)).training
     assert (views.augmentation, views.teacher_views) == ("standard", 4)
@@ -248,6 +255,9 @@ def test_augmentation_auto_follows_the_budget_and_bad_pairs_are_refused(tmp_path
     attention = _kd_spec(augmentation=pb.AUGMENTATION_STANDARD, teacher_views=2)
     attention.losses.add(attention=pb.AttentionTransfer())
     refusals["attention need it live"] = attention
+    labels_only = _kd_spec(augmentation=pb.AUGMENTATION_STANDARD, teacher_views=2)
+    labels_only.losses.add(cross_entropy=pb.CrossEntropy())
+    refusals["use no teacher"] = labels_only
     data_free = _kd_spec(augmentation=pb.AUGMENTATION_STANDARD)
     data_free.data_free.input_shape.CopyFrom(pb.InputShape(channels=1, height=28, width=28))
     data_free.training.ClearField("epochs")
