@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 
 PRESETS = ("none", "standard", "strong")
 # ``auto`` picks ``standard`` from this many epochs, ``none`` below (bench/augmentation.py; the README says why).
-STANDARD_FROM_EPOCHS = 30
+STANDARD_FROM_EPOCHS = 20
 
 
 # Cached teacher views a ``standard`` job gets when it does not choose (and its teacher and data allow them).
