@@ -128,10 +128,12 @@ def loader_rate(split: ImageFiles | WebDatasetShards, workers: int, samples: int
 
 
 class PeakMemory:
-    """Per job stage, the peak of the summed PSS of every process under ``pid`` (not ``pid`` itself), sampled every 0.2 s."""
+    """Per job stage, the peak of the summed PSS of the job's processes, sampled every 0.2 s: every process under
+    ``pid`` (the server) but those that were there before (an earlier job's worker may still be exiting)."""
 
     def __init__(self, pid: int, stage: Callable[[], str]) -> None:
         self.pid, self.stage = pid, stage
+        self.before = set(_descendants(pid))
         self.peaks: dict[str, tuple[int, int]] = {}  # stage -> (bytes, processes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -147,7 +149,7 @@ class PeakMemory:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             stage = self.stage()
-            descendants = _descendants(self.pid)
+            descendants = [p for p in _descendants(self.pid) if p not in self.before]
             total = sum(_pss(p) for p in descendants)
             if total > self.peaks.get(stage, (0, 0))[0]:
                 self.peaks[stage] = (total, len(descendants))
@@ -197,9 +199,10 @@ def kd_spec(teacher_id: str, dataset: pb.DatasetSpec, name: str, student: str, b
 
 def run(client: Client, server_pid: int, spec: pb.JobSpec) -> dict[str, float | str]:
     started = time.perf_counter()
-    job = client.create_job(spec, request_id=f"{spec.display_name}-{time.time_ns()}")
-    with PeakMemory(server_pid, lambda: client.get_job(job.id).stage) as memory:
-        job = client.wait(job.id)
+    created: dict[str, str] = {}  # the job's id, once it exists
+    with PeakMemory(server_pid, lambda: client.get_job(created["id"]).stage if created else "queued") as memory:
+        created["id"] = client.create_job(spec, request_id=f"{spec.display_name}-{time.time_ns()}").id
+        job = client.wait(created["id"])
         seconds = time.perf_counter() - started
     if job.state != pb.JOB_STATE_SUCCEEDED:
         raise SystemExit(f"{spec.display_name}: {pb.JobState.Name(job.state)}: {job.error.message}")
