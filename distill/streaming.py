@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import webdataset
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Members a WebDataset sample may hold its image in; nothing else is decoded (no pickle, no .pyd).
@@ -70,19 +70,6 @@ LOADER_CONTEXT = "spawn"
 # Passes of at most this many images are decoded in the calling process: starting a spawned loader takes about 2 s
 # (importing torch), what decoding some 700 images at 224 px takes.
 IN_PROCESS_UP_TO = 1024
-
-
-class _Plan(Sampler):
-    """The batches of the next pass: set before each pass over a loader whose processes persist between passes."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def _collate(samples: list[tuple[torch.Tensor, int, int]]) -> Batch:
@@ -129,11 +116,6 @@ class ImageFiles(Dataset):
         self.image_size, self.channels = image_size, channels
         self.workers = default_workers()
         self.in_process_up_to = IN_PROCESS_UP_TO
-        self._plan = _Plan()
-        self._loaders: dict[bool, DataLoader] = {}  # by pin_memory; their processes start on first use, then persist
-
-    def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "_loaders": {}}  # a loader process gets the file list, not the loaders
 
     @staticmethod
     def scan(directory: Path, image_size: int, channels: int, classes: list[str] | None = None) -> ImageFiles:
@@ -192,25 +174,24 @@ class ImageFiles(Dataset):
         return torch.stack([decode_image(self.paths[i], self.image_size, self.channels) for i in index.tolist()])
 
     def read(self, batch_indices: Iterable[torch.Tensor], pin_memory: bool = False) -> Iterator[Batch]:
-        """One batch per index tensor, decoded ahead in worker processes (started once, kept between passes).
+        """One batch per index tensor, decoded ahead in worker processes that live as long as the pass.
 
-        A new pass ends the previous one: read a split's passes one after another, not interleaved.
+        Processes that outlived their pass held some 300 MB each for the rest of the job (the splits of one
+        job make several passes: statistics, convention, epochs, evaluation); a pass pays their start instead.
         """
-        self._plan.batches = [b.tolist() for b in batch_indices]
-        if sum(map(len, self._plan.batches)) <= self.in_process_up_to:
-            return (Batch(self.take(torch.tensor(b)), self.labels[b], torch.tensor(b)) for b in self._plan.batches)
-        if pin_memory not in self._loaders:
-            self._loaders[pin_memory] = DataLoader(
-                self,
-                batch_sampler=self._plan,
-                num_workers=self.workers,
-                pin_memory=pin_memory,
-                prefetch_factor=4,  # batches in flight per process
-                persistent_workers=True,
-                multiprocessing_context=LOADER_CONTEXT,
-                collate_fn=_collate,
-            )
-        return iter(self._loaders[pin_memory])
+        plan = [b.tolist() for b in batch_indices]
+        if sum(map(len, plan)) <= self.in_process_up_to:
+            return (Batch(self.take(torch.tensor(b)), self.labels[b], torch.tensor(b)) for b in plan)
+        loader = DataLoader(
+            self,
+            batch_sampler=plan,
+            num_workers=min(self.workers, len(plan)),
+            pin_memory=pin_memory,
+            prefetch_factor=4,  # batches in flight per process
+            multiprocessing_context=LOADER_CONTEXT,
+            collate_fn=_collate,
+        )
+        return iter(loader)
 
     def batches(self, batch_size: int, pin_memory: bool = False) -> Iterator[Batch]:
         """Every sample once, in stored order."""
