@@ -91,11 +91,6 @@ class DatasetPlan:
                 split.workers = self.loader_workers
         return data.Splits(train, val, self.normalization)
 
-    @property
-    def streamed(self) -> bool:
-        """Whether the splits stream (an image folder under ``auto`` knows only once listed)."""
-        return self.kind == "webdataset" or (self.kind == "image_folder" and self.loading == "streamed")
-
 
 @dataclass(frozen=True)
 class BenchmarkPlan:
