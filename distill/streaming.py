@@ -20,7 +20,6 @@ import io
 import os
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -200,14 +199,8 @@ class ImageFiles(Dataset):
 # ------------------------------------------------------------------ WebDataset
 
 
-@dataclass
-class _ShardSamples:
-    count: int
-    labels: list[int]
-
-
-def _scan_shard(path: Path) -> _ShardSamples:
-    """Count a shard's samples and read their labels, in order, without decoding an image.
+def _scan_shard(path: Path) -> list[int]:
+    """A shard's labels, one a sample, in order, read without decoding an image.
 
     The tar's headers are walked (image members are skipped by seeking); only
     the small ``.cls`` members are read. A sample needs an image and a label.
@@ -236,7 +229,7 @@ def _scan_shard(path: Path) -> _ShardSamples:
                 f"{path}: sample {key!r} lacks an image ({', '.join(SHARD_IMAGE_KEYS)}) or a label (.cls)"
             )
         labels.append(_label(sample["cls"], f"{path}: {key}.cls"))
-    return _ShardSamples(len(labels), labels)
+    return labels
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -279,7 +272,7 @@ class WebDatasetShards:
         for shard in shards:
             if not shard.is_file():
                 raise FileNotFoundError(f"WebDataset shard {shard} does not exist")
-            labels += _scan_shard(shard).labels
+            labels += _scan_shard(shard)
         if not labels:
             raise ValueError(f"the shards ({', '.join(map(str, shards))}) hold no samples")
         label_tensor = torch.tensor(labels)
