@@ -109,7 +109,7 @@ def run(
     student = job.student
     if isinstance(student, str):
         torch.manual_seed(job.training.seed)  # the same job gives the same student, init included
-        student = models.build(student, num_classes, input_shape[0])
+        student = models.build(student, num_classes, input_shape[0], input_shape[1])
 
     if job.data_free is not None:
         training, result = _distil_data_free(job, student, input_shape, stage, on_progress, on_checkpoint,

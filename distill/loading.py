@@ -6,7 +6,11 @@ Accepted formats:
   ``weights_only`` unpickler forced on and without its guard code (which torch
   would ``exec``);
 - state_dict (``torch.save(model.state_dict())``) plus a registry architecture,
-  loaded with ``weights_only=True``.
+  loaded with ``weights_only=True``;
+- safetensors plus a registry architecture: tensors and a JSON header, read by
+  the ``safetensors`` library (no pickle at all).
+
+The two weights formats also give a student its pretrained start (``start_from``).
 
 A pickled ``nn.Module`` (``torch.save(model)``) is refused: unpickling it
 imports and calls whatever the file names, which is arbitrary code.
@@ -15,20 +19,26 @@ imports and calls whatever the file names, which is arbitrary code.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
 from distill import models
 from distill.allocator import out_of_memory
-from distill.model_checks import EXPORTED_PROGRAM, STATE_DICT, TORCHSCRIPT, WHAT_TO_SEND, ModelFileError, torch_message
+from distill.model_checks import (
+    EXPORTED_PROGRAM, SAFETENSORS, STATE_DICT, TORCHSCRIPT, WHAT_TO_SEND, ModelFileError, torch_message,
+)
 
-FORMATS = (TORCHSCRIPT, EXPORTED_PROGRAM, STATE_DICT)
-__all__ = ["EXPORTED_PROGRAM", "FORMATS", "STATE_DICT", "TORCHSCRIPT", "ModelFileError", "Teacher", "load_teacher"]
+WEIGHTS = (STATE_DICT, SAFETENSORS)  # tensors only: an architecture name makes them a module
+FORMATS = (TORCHSCRIPT, EXPORTED_PROGRAM, *WEIGHTS)
+__all__ = ["EXPORTED_PROGRAM", "FORMATS", "SAFETENSORS", "STATE_DICT", "TORCHSCRIPT", "WEIGHTS", "ModelFileError",
+           "PretrainedStart", "Teacher", "load_teacher", "read_weights", "start_from"]
 
 
 @dataclass
@@ -44,8 +54,8 @@ class Teacher:
 
 def load_teacher(path: Path, fmt: str, architecture: str, input_shape: tuple[int, int, int]) -> Teacher:
     """Load a teacher of a known format; ``input_shape`` is the data's (C, H, W)."""
-    if fmt == STATE_DICT:
-        model = _load_state_dict_model(path, architecture, input_shape[0])
+    if fmt in WEIGHTS:
+        model = _load_weights_model(path, fmt, architecture, input_shape)
     else:
         model = load_module(path, fmt)
         architecture = architecture or fmt
@@ -55,10 +65,10 @@ def load_teacher(path: Path, fmt: str, architecture: str, input_shape: tuple[int
 def try_load(path: Path, fmt: str) -> None:
     """Load a file as a job will, without running it: what upload inspection does (in a child process).
 
-    A state_dict needs an architecture and a channel count to become a module; here it is only read.
+    Weights need an architecture and a channel count to become a module; here they are only read.
     """
-    if fmt == STATE_DICT:
-        read_state_dict(path)
+    if fmt in WEIGHTS:
+        read_weights(path, fmt)
     else:
         load_module(path, fmt)
 
@@ -112,17 +122,83 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_state_dict_model(path: Path, architecture: str, in_channels: int) -> nn.Module:
-    state = read_state_dict(path)
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (``model_checks.is_safetensors`` has bounded its header)."""
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, ValueError, TypeError) as e:  # a malformed header, offsets, dtype
+        raise ModelFileError(f"cannot read the safetensors file: {e}") from e
+
+
+def read_weights(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+    """The named tensors of a weights file of either format."""
+    return read_state_dict(path) if fmt == STATE_DICT else read_safetensors(path)
+
+
+def _load_weights_model(path: Path, fmt: str, architecture: str, input_shape: tuple[int, int, int]) -> nn.Module:
+    state = read_weights(path, fmt)
     matrices = [v for v in state.values() if v.ndim == 2]
     if not matrices:
-        raise ModelFileError("the state_dict has no linear layer to take the number of classes from")
-    model = models.build(architecture, num_classes=int(matrices[-1].shape[0]), in_channels=in_channels)
+        raise ModelFileError(f"the {fmt} has no linear layer to take the number of classes from")
+    model = models.build(architecture, int(matrices[-1].shape[0]), input_shape[0], input_shape[1])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelFileError(f"the state_dict does not fit architecture {architecture!r}: {e}") from e
+        raise ModelFileError(f"the {fmt} does not fit architecture {architecture!r}: {e}") from e
     return model
+
+
+@dataclass(frozen=True)
+class PretrainedStart:
+    tensors_loaded: int  # taken from the file as they are
+    reinitialised: list[str]  # head tensors for another class count, left as the model was built
+    adapted: list[str]  # first-convolution weights for another channel count, summed over the file's channels
+
+
+def start_from(model: nn.Module, weights: dict[str, torch.Tensor]) -> PretrainedStart:
+    """Load pretrained ``weights`` into a freshly built ``model``, strictly but for the two differences a new task
+    brings: a head for another class count (re-initialised) and a first convolution for another channel count
+    (adapted by timm's ``adapt_input_conv``). Anything else that differs is a ModelFileError naming it."""
+    from timm.models import adapt_input_conv
+
+    own = model.state_dict()
+    # Converted checkpoints often lack BatchNorm's step counter; it is a counter, not a weight.
+    missing = sorted(k for k in own.keys() - weights.keys() if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(weights.keys() - own.keys())
+    if missing or unexpected:
+        raise ModelFileError(
+            f"the weights do not fit this architecture: {len(missing)} of its tensors missing "
+            f"({', '.join(missing[:3]) or 'none'}), {len(unexpected)} unknown ({', '.join(unexpected[:3]) or 'none'})"
+        )
+    head = models.head_parameters(model)
+    first_conv = next((f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    taken: dict[str, torch.Tensor] = {}
+    reinitialised, adapted = [], []
+    for name, tensor in weights.items():
+        target = own[name]
+        if tensor.shape == target.shape:
+            taken[name] = tensor
+        elif name in head:
+            reinitialised.append(name)
+        elif name == first_conv and (summed := _adapted_input_conv(adapt_input_conv, tensor, target)) is not None:
+            taken[name] = summed
+            adapted.append(name)
+        else:
+            raise ModelFileError(f"the weights do not fit this architecture: {name} is {tuple(tensor.shape)} in the "
+                                 f"file, {tuple(target.shape)} in the model")
+    model.load_state_dict(taken, strict=False)  # what is not taken stays as built
+    return PretrainedStart(len(taken) - len(adapted), sorted(reinitialised), sorted(adapted))
+
+
+def _adapted_input_conv(adapt: Callable[..., torch.Tensor], weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """``weight`` adapted to ``target``'s input channels, or None where timm has no rule for it (1 -> 3 channels)."""
+    if weight.ndim != 4 or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
+        return None
+    try:
+        summed = adapt(target.shape[1], weight.float())
+    except NotImplementedError:
+        return None
+    return summed if summed.shape == target.shape else None
 
 
 class StaticBatchModule(nn.Module):

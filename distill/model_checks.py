@@ -32,7 +32,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import torch
@@ -43,12 +43,27 @@ import torchvision  # noqa: F401  registers torchvision's operators, file reader
 TORCHSCRIPT = "torchscript"
 EXPORTED_PROGRAM = "exported_program"
 STATE_DICT = "state_dict"
+SAFETENSORS = "safetensors"
+# The safetensors library refuses headers over 100 MB; a file claiming more is not one.
+_SAFETENSORS_MAX_HEADER = 100_000_000
 
 WHAT_TO_SEND = (
-    "send torch.save(model.state_dict()) with an architecture name, "
+    "send torch.save(model.state_dict()) or a safetensors file with an architecture name, "
     "a TorchScript archive (torch.jit.save(torch.jit.script(model))), "
     "or a torch.export program (torch.export.save)"
 )
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether the file is laid out as safetensors: an 8-byte little-endian header length that fits the file and
+    the library's bound, then a JSON object. Reads 9 bytes; ``safetensors`` parses and bounds-checks the rest."""
+    size = path.stat().st_size
+    if size < 10:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    length = int.from_bytes(head[:8], "little")
+    return 2 <= length <= min(size - 8, _SAFETENSORS_MAX_HEADER) and head[8:9] == b"{"
 
 
 class ModelFileError(ValueError):

@@ -2,11 +2,16 @@
 
 Every builder takes ``num_classes`` and ``in_channels`` so a student follows
 its teacher. Small nets are for 28-32 px inputs; torchvision classifiers are
-adapted to the channel count by swapping their first convolution.
+adapted to the channel count by swapping their first convolution. Any other
+name timm knows (``timm.list_models()``: MobileNetV4, EfficientViT, FastViT,
+RepViT, GhostNet, ConvNeXt-Atto, ...) is built by timm, untrained: nothing is
+ever downloaded. A registry name wins where both have one (``resnet18`` is
+torchvision's).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -30,18 +35,64 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def architectures() -> list[str]:
+    """The registry's own names (timm's are listed by ``timm.list_models()``)."""
     return sorted(_REGISTRY)
 
 
-def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build a freshly initialised model from the registry."""
-    if name not in _REGISTRY:
-        raise UnknownArchitectureError(
-            f"unknown architecture {name!r}; known: {', '.join(architectures())}"
-        )
+@functools.cache
+def timm_architectures() -> frozenset[str]:
+    """timm's model names, exactly (no pretrained tags, no ``hf-hub:`` or ``local-dir:`` prefixes: nothing to fetch)."""
+    import timm  # a second or so: only when a name is not the registry's
+
+    return frozenset(timm.list_models())
+
+
+def is_known(name: str) -> bool:
+    return name in _REGISTRY or name in timm_architectures()
+
+
+def unknown_message(name: str) -> str:
+    return (f"unknown architecture {name!r}; known: {', '.join(architectures())}, "
+            f"or any of timm's {len(timm_architectures())} models (timm.list_models())")
+
+
+def build(name: str, num_classes: int, in_channels: int, image_size: int | None = None) -> nn.Module:
+    """Build a freshly initialised model: the registry's, else timm's.
+
+    ``image_size``: the input's height and width, for timm models built for one size (ViTs, EfficientFormer);
+    the others take any.
+    """
     if not 1 < num_classes <= 100_000 or in_channels not in (1, 3):
         raise ValueError(f"need 2+ classes and 1 or 3 channels, got {num_classes}, {in_channels}")
-    return _REGISTRY[name](num_classes, in_channels)
+    if name in _REGISTRY:
+        return _REGISTRY[name](num_classes, in_channels)
+    if name in timm_architectures():
+        return _timm_model(name, num_classes, in_channels, image_size)
+    raise UnknownArchitectureError(unknown_message(name))
+
+
+def _timm_model(name: str, num_classes: int, in_channels: int, image_size: int | None) -> nn.Module:
+    import timm
+
+    options = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
+    if image_size is not None:
+        try:  # a model with a fixed input size takes img_size; timm's other constructors refuse the keyword
+            return timm.create_model(name, img_size=image_size, **options)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(name, **options)
+
+
+def head_parameters(model: nn.Module) -> set[str]:
+    """The state_dict keys of the layer that produces the logits: what a pretrained start for another class
+    count re-initialises. timm names its head in ``pretrained_cfg``; elsewhere it is the last Linear or Conv2d."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    names = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    if not names:
+        last = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        names = last[-1:]
+    return {f"{n}.{p}" for n in names for p, _ in model.get_submodule(n).named_parameters()}
 
 
 # ----------------------------------------------------------------- LeNet-5
@@ -89,6 +140,22 @@ def lenet5(num_classes: int, in_channels: int) -> nn.Module:
 @register("lenet5_half")
 def lenet5_half(num_classes: int, in_channels: int) -> nn.Module:
     return LeNet5(num_classes, in_channels, width=0.5)
+
+
+class ShallowCNN(nn.Sequential):
+    """Two 3x3 conv-ReLU-max-pool layers of 16 channels and a 256-unit head: the first version's CIFAR student,
+    the smallest student worth timing against a CIFAR teacher. Any input size (pooled to 8x8 before the head)."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(8), nn.Flatten(),
+            nn.Linear(16 * 8 * 8, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes),
+        )
+
+
+register("shallow_cnn")(ShallowCNN)
 
 
 # ------------------------------------------------- small CNNs with BatchNorm

@@ -84,6 +84,8 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
         spec.teacher_model_id = args.teacher
     if args.student:
         spec.student.architecture = args.student
+    if args.student_init:
+        spec.student.init_model_id = args.student_init
     if args.dataset == "generated":
         spec.dataset.generated.SetInParent()
     elif args.dataset:
@@ -271,17 +273,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")
     s.set_defaults(fn=cmd_serve)
 
-    s = sub.add_parser("upload", help="upload a teacher; prints its model id")
+    s = sub.add_parser("upload", help="upload a teacher, a student, or a student's pretrained weights; prints its model id")
     s.add_argument("path")
     s.add_argument("--name", default="")
-    s.add_argument("--architecture", default="", help="registry name; required for a state_dict")
-    s.add_argument("--format", choices=["torchscript", "exported_program", "state_dict"], help="default: detected")
+    s.add_argument("--architecture", default="", help="registry or timm name; required for weights (state_dict, safetensors)")
+    s.add_argument("--format", choices=["torchscript", "exported_program", "state_dict", "safetensors", "onnx"], help="default: detected")
     s.set_defaults(fn=cmd_upload)
 
     s = sub.add_parser("submit", help="create a job from a spec file and/or flags; prints its id")
     s.add_argument("spec", nargs="?", help="job spec, YAML or JSON (see README)")
     s.add_argument("--teacher", help="teacher model id")
-    s.add_argument("--student", help="student architecture")
+    s.add_argument("--student", help="student architecture (registry or timm name)")
+    s.add_argument("--student-init", help="model id of uploaded weights the student starts from (pretrained)")
     s.add_argument("--dataset", help="generated, or a torchvision name (MNIST, CIFAR10, ...)")
     s.add_argument("--data-path", help="torchvision root, relative to the server's data root (default: the data root)")
     s.add_argument("--epochs", type=int)

@@ -21,9 +21,11 @@ FORMAT_BY_NAME = {
     loading.TORCHSCRIPT: pb.MODEL_FORMAT_TORCHSCRIPT,
     loading.EXPORTED_PROGRAM: pb.MODEL_FORMAT_EXPORTED_PROGRAM,
     loading.STATE_DICT: pb.MODEL_FORMAT_STATE_DICT,
+    loading.SAFETENSORS: pb.MODEL_FORMAT_SAFETENSORS,
     onnx_teacher.ONNX: pb.MODEL_FORMAT_ONNX,
 }
 NAME_BY_FORMAT = {v: k for k, v in FORMAT_BY_NAME.items()}
+WEIGHTS_FORMATS = tuple(FORMAT_BY_NAME[name] for name in loading.WEIGHTS)  # need an architecture name
 
 
 def archive_limits(max_upload_bytes: int) -> ArchiveLimits:
@@ -35,10 +37,12 @@ def detect(path: Path, limits: ArchiveLimits) -> int:
     """The ModelFormat of a file known safe to load; ModelFileError, naming the part, for anything else."""
     if zipfile.is_zipfile(path):
         return FORMAT_BY_NAME[model_checks.check_torch_archive(str(path), limits)]
+    if model_checks.is_safetensors(path):
+        return pb.MODEL_FORMAT_SAFETENSORS
     if onnx_teacher.check_onnx_file(path):
         return pb.MODEL_FORMAT_ONNX
     raise ModelFileError(
-        "neither a zip archive nor an ONNX model: raw pickles and legacy torch.save files are not accepted "
+        "neither a zip archive, a safetensors file nor an ONNX model: raw pickles and legacy torch.save files are not accepted "
         f"because loading them can run arbitrary code; {model_checks.WHAT_TO_SEND}"
     )
 
@@ -51,6 +55,14 @@ def inspect(path: Path, limits: ArchiveLimits) -> int:
     else:
         loading.try_load(path, NAME_BY_FORMAT[fmt])
     return fmt
+
+
+def load_weights(model: pb.Model, path: Path, limits: ArchiveLimits) -> dict:
+    """The tensors of an uploaded weights file (a student's pretrained start), checked again as at upload."""
+    if detect(path, limits) != model.format or model.format not in WEIGHTS_FORMATS:
+        raise ModelFileError(f"model {model.id} is {pb.ModelFormat.Name(model.format)}, not a weights file "
+                             "(state_dict or safetensors)")
+    return loading.read_weights(path, NAME_BY_FORMAT[model.format])
 
 
 def load_teacher(

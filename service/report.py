@@ -317,6 +317,16 @@ def how_it_was_made(report: pb.Report) -> list[str]:
             "(evaluation never augments).",
             "Accuracy is the final model's on the validation split (no checkpoint was picked by it).",
         ]
+    if t.HasField("pretrained"):
+        p = t.pretrained
+        lines.append(
+            f"Student start: pretrained weights {p.model_id} ({p.tensors_loaded} tensors loaded as they were"
+            + (f"; re-initialised for this job's classes: {', '.join(p.reinitialised)}" if p.reinitialised else "")
+            + (f"; adapted to this job's channels: {', '.join(p.adapted)}" if p.adapted else "")
+            + ")."
+        )
+    elif report.kind != pb.JOB_KIND_BENCHMARK_ONLY:
+        lines.append("Student start: random initialisation (training.seed).")
     if report.HasField("input_convention"):
         c = report.input_convention
         lines.append(f"Input convention: {c.chosen} (mean {_floats(c.mean)}, std {_floats(c.std)}): {c.reason}.")

@@ -98,7 +98,7 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
                 if header is None:
                     if kind != "header":
                         raise InvalidArgument("the first UploadModel message must carry the header")
-                    header = self._check_upload_header(message.header)
+                    header = await asyncio.to_thread(self._check_upload_header, message.header)  # may import timm
                     writer = await asyncio.to_thread(self.blobs.writer)
                 elif kind == "chunk":
                     if writer.size + len(message.chunk) > header.size_bytes:
@@ -124,9 +124,10 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
                 raise InvalidArgument(
                     f"the header says {pb.ModelFormat.Name(header.format)}, the file is {pb.ModelFormat.Name(detected)}"
                 )
-            if detected == pb.MODEL_FORMAT_STATE_DICT and not header.architecture:
+            if detected in model_formats.WEIGHTS_FORMATS and not header.architecture:
                 raise InvalidArgument(
-                    f"a state_dict needs an architecture name; known: {', '.join(models.architectures())}"
+                    f"{pb.ModelFormat.Name(detected)} holds weights only: name its architecture; "
+                    f"known: {', '.join(models.architectures())}, or any of timm's (timm.list_models())"
                 )
             sha, size = await asyncio.to_thread(writer.commit)
             writer = None
@@ -159,10 +160,8 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             raise InvalidArgument("header.sha256 must be 64 lowercase hex digits")
         if header.format not in pb.ModelFormat.values():
             raise InvalidArgument(f"unknown header.format {header.format}")
-        if header.architecture and header.architecture not in models.architectures():
-            raise InvalidArgument(
-                f"unknown architecture {header.architecture!r}; known: {', '.join(models.architectures())}"
-            )
+        if header.architecture and not models.is_known(header.architecture):
+            raise InvalidArgument(models.unknown_message(header.architecture))
         if len(header.name) > 256:
             raise InvalidArgument("header.name is longer than 256 characters")
         return header
@@ -188,14 +187,17 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             raise InvalidArgument("request_id is longer than 128 characters")
         if not self.supervisor.accepting:
             raise Unavailable("the server is shutting down; retry on another replica or after the restart")
-        plan = specs.plan(request.spec, self.config.data_roots, self.cuda_devices)
+        # Off the event loop: planning looks at the data roots, and a timm student's name imports timm.
+        plan = await asyncio.to_thread(specs.plan, request.spec, self.config.data_roots, self.cuda_devices)
         teacher = await self.store.get_model(request.spec.teacher_model_id)
         if teacher is None:
             raise NotFound(f"teacher model {request.spec.teacher_model_id!r} not found; upload it first")
         if plan.benchmark_only and await self.store.get_model(plan.benchmark_only.student_model_id) is None:
             raise NotFound(f"student model {plan.benchmark_only.student_model_id!r} not found; upload it first")
+        if plan.student_init_model_id:
+            _check_pretrained_start(await self.store.get_model(plan.student_init_model_id), plan)
         for method in plan.methods:
-            if method.uses_features and teacher.format != pb.MODEL_FORMAT_STATE_DICT:
+            if method.uses_features and teacher.format not in model_formats.WEIGHTS_FORMATS:
                 raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")
         try:
             job, created = await self.store.create_job(
@@ -275,3 +277,14 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
         with open(self.blobs.path(artifact.sha256), "rb") as f:
             while chunk := await asyncio.to_thread(f.read, self.config.chunk_bytes):
                 yield pb.DownloadArtifactResponse(chunk=chunk)
+
+
+def _check_pretrained_start(weights: pb.Model | None, plan: specs.JobPlan) -> None:
+    if weights is None:
+        raise NotFound(f"student.init_model_id {plan.student_init_model_id!r} not found; upload the weights first")
+    if weights.format not in model_formats.WEIGHTS_FORMATS:
+        raise InvalidArgument(f"student.init_model_id {weights.id} is {pb.ModelFormat.Name(weights.format)}; "
+                              "a pretrained start is a weights file (state_dict or safetensors)")
+    if weights.architecture != plan.student_architecture:
+        raise InvalidArgument(f"student.init_model_id {weights.id} holds weights for {weights.architecture!r}, "
+                              f"the student is {plan.student_architecture!r}")

@@ -135,6 +135,7 @@ class JobPlan:
     data_free: DataFreePlan | None = None
     benchmark_only: BenchmarkOnlyPlan | None = None
     distributed: distributed.Launch | None = None  # None: train in the worker process itself
+    student_init_model_id: str = ""  # uploaded weights the student starts from; empty: random init
 
     def on_device(self, device: str) -> JobPlan:
         """The same plan, training on ``device`` (one rank's GPU, cuda:N)."""
@@ -187,8 +188,10 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         raise InvalidArgument("teacher_model_id is required (upload the teacher with UploadModel first)")
     benchmark_only = _benchmark_only_plan(spec) if spec.HasField("benchmark_only") else None
     arch = spec.student.architecture
-    if benchmark_only is None and arch not in models.architectures():
-        raise InvalidArgument(f"student.architecture {arch!r} is unknown; known: {', '.join(models.architectures())}")
+    if benchmark_only is None and not models.is_known(arch):
+        raise InvalidArgument(f"student.architecture: {models.unknown_message(arch)}")
+    if spec.student.init_model_id and benchmark_only is not None:
+        raise InvalidArgument("student.init_model_id starts a student to train; a benchmark-only job trains none")
     if spec.device == pb.DEVICE_CUDA and not cuda_available:
         raise FailedPrecondition("device CUDA was asked for, but this server has no CUDA device")
     device = "cuda" if cuda_available and spec.device != pb.DEVICE_CPU else "cpu"
@@ -258,6 +261,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         data_free=data_free,
         benchmark_only=benchmark_only,
         distributed=_distributed_plan(spec, device, cuda_devices) if spec.HasField("distributed") else None,
+        student_init_model_id=spec.student.init_model_id,
     )
 
 

@@ -14,9 +14,9 @@ import torch
 from google.protobuf import json_format
 from torchvision.utils import save_image
 
-from distill import distributed, engine, models
+from distill import distributed, engine, loading, models
 from distill.datafree import DataFreeResult, Generator, check_generator
-from distill.loading import STATE_DICT, ModelFileError
+from distill.loading import WEIGHTS, ModelFileError
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import convert, model_formats, ranks, specs
 from service.job_context import JobContext, save_atomically
@@ -59,7 +59,8 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
     earlier = _trained_earlier(ctx, plan, inputs)
     if earlier is not None:
         return earlier
-    student = Student(new_model(plan, inputs), plan.student_architecture)
+    model, start = new_model(ctx, plan, inputs)
+    student = Student(model, plan.student_architecture)
     if plan.distributed:
         student.training, result = distil_on_ranks(ctx, plan, student.model, rank_entry)
     else:
@@ -71,6 +72,8 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
         torch.save(result.generator.cpu().to_checkpoint(), ctx.output("generator.pt"))
         student.data_free = convert.data_free_summary(result, plan.data_free.config, check, samples_artifact="samples.png")
         student.generator = result.generator
+    if start is not None:
+        student.training.pretrained.CopyFrom(start)
     # Published now: whatever a later stage does, the trained student is never lost, and a retry starts from it.
     student.saved = save(ctx, plan, student, inputs)
     for name in TRAINED_ARTIFACTS:
@@ -91,7 +94,7 @@ def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) ->
         if name in published:
             shutil.copyfile(ctx.blobs.path(published[name].sha256), ctx.output(name))
     saved = torch.load(ctx.outputs["student.pt"], map_location="cpu", weights_only=True)
-    model = new_model(plan, inputs)
+    model, _ = new_model(ctx, plan, inputs, pretrained=False)  # the trained weights replace any start
     model.load_state_dict(saved["state_dict"])
     student = Student(model, plan.student_architecture, saved=ctx.outputs["student.pt"], retried=True,
                       training=json_format.Parse(saved["training"], pb.TrainingSummary()))
@@ -103,9 +106,25 @@ def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) ->
     return student
 
 
-def new_model(plan: specs.JobPlan, inputs: JobInputs) -> torch.nn.Module:
+def new_model(
+    ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, pretrained: bool = True
+) -> tuple[torch.nn.Module, pb.PretrainedStart | None]:
+    """The student, built for the teacher's classes and input, from its pretrained start when the spec names one."""
     torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included (on every rank)
-    return models.build(plan.student_architecture, inputs.teacher.num_classes, inputs.input_shape[0])
+    channels, size = inputs.input_shape[0], inputs.input_shape[1]
+    model = models.build(plan.student_architecture, inputs.teacher.num_classes, channels, size)
+    if not (pretrained and plan.student_init_model_id):
+        return model, None
+    row = ctx.model_row(plan.student_init_model_id, "the student's pretrained")
+    weights = model_formats.load_weights(row, ctx.blobs.path(row.sha256), ctx.archive_limits)
+    try:
+        start = loading.start_from(model, weights)
+    except ModelFileError as e:
+        raise ModelFileError(f"student.init_model_id {row.id}: {e}") from e
+    ctx.stage("build_student", f"from {row.id}: {start.tensors_loaded} tensors loaded, "
+                               f"re-initialised: {', '.join(start.reinitialised) or 'none'}, adapted: {', '.join(start.adapted) or 'none'}")
+    return model, pb.PretrainedStart(model_id=row.id, tensors_loaded=start.tensors_loaded,
+                                     reinitialised=start.reinitialised, adapted=start.adapted)
 
 
 def distil(
@@ -122,7 +141,7 @@ def distil(
         data_free=plan.data_free.config if plan.data_free else None,
         input_shape=inputs.input_shape,
         normalization=splits.normalization if splits else None,  # found when the teacher was loaded
-        teacher_exposes_modules=inputs.teacher.format == STATE_DICT,
+        teacher_exposes_modules=inputs.teacher.format in WEIGHTS,
         evaluate=False,  # the evaluate stage scores every variant, in every runtime
     )
     with ctx.stop.at_step_boundaries():
@@ -158,7 +177,7 @@ def train_as_rank(ctx: JobContext) -> tuple[bytes, dict[str, Any] | None]:
     plan = accepted_plan(ctx)
     plan = plan.on_device(distributed.init(plan.training.device))
     inputs = load_inputs(ctx, plan)
-    student = new_model(plan, inputs)
+    student, _ = new_model(ctx, plan, inputs)
     # Rank 0 reads the checkpoint and the engine hands it to the others: on the CPU, the one device all share.
     resume = ctx.resume("cpu") if ctx.rank == 0 else None
     summary, result = distil(ctx, plan, inputs, student, resume)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import safetensors.torch
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -56,8 +57,10 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: torch.nn.Modul
     example = torch.randn(2, *[TINY_DATA["channels"], TINY_DATA["image_size"], TINY_DATA["image_size"]])
     torch.export.save(torch.export.export(tiny_teacher, (example,)), folder / "teacher.pt2")
     onnx_export.export_onnx(tiny_teacher, example, folder / "teacher.onnx")
+    safetensors.torch.save_file(tiny_teacher.state_dict(), folder / "teacher.safetensors")
     return {"state_dict": folder / "teacher.pt", "torchscript": folder / "teacher.ts",
-            "exported_program": folder / "teacher.pt2", "onnx": folder / "teacher.onnx"}
+            "exported_program": folder / "teacher.pt2", "onnx": folder / "teacher.onnx",
+            "safetensors": folder / "teacher.safetensors"}
 
 
 def refusal(client: Client, path: Path, architecture: str = "lenet5", model_format: int = 0) -> grpc.RpcError:
@@ -252,7 +255,8 @@ def test_truncated_and_mislabelled_files_are_invalid_arguments(hclient: Client, 
             truncated.write_bytes(data[:cut])
             assert_one_line(refusal(hclient, truncated), grpc.StatusCode.INVALID_ARGUMENT)
     claimed = {"state_dict": pb.MODEL_FORMAT_TORCHSCRIPT, "torchscript": pb.MODEL_FORMAT_EXPORTED_PROGRAM,
-               "exported_program": pb.MODEL_FORMAT_ONNX, "onnx": pb.MODEL_FORMAT_STATE_DICT}
+               "exported_program": pb.MODEL_FORMAT_ONNX, "onnx": pb.MODEL_FORMAT_SAFETENSORS,
+               "safetensors": pb.MODEL_FORMAT_STATE_DICT}
     for name, model_format in claimed.items():
         error = refusal(hclient, files[name], model_format=model_format)
         assert_one_line(error, grpc.StatusCode.INVALID_ARGUMENT, "the header says", pb.ModelFormat.Name(model_format))
@@ -262,7 +266,27 @@ def test_every_format_is_accepted_untouched(hclient: Client, files: dict[str, Pa
     """The checks refuse attacks, not models: the files the attacks start from all upload."""
     formats = {name: hclient.upload(path, architecture="lenet5").format for name, path in files.items()}
     assert formats == {"state_dict": pb.MODEL_FORMAT_STATE_DICT, "torchscript": pb.MODEL_FORMAT_TORCHSCRIPT,
-                       "exported_program": pb.MODEL_FORMAT_EXPORTED_PROGRAM, "onnx": pb.MODEL_FORMAT_ONNX}
+                       "exported_program": pb.MODEL_FORMAT_EXPORTED_PROGRAM, "onnx": pb.MODEL_FORMAT_ONNX,
+                       "safetensors": pb.MODEL_FORMAT_SAFETENSORS}
+
+
+def test_safetensors_that_lie_about_their_tensors_are_refused(hclient: Client, files: dict[str, Path], tmp_path: Path) -> None:
+    """The header is all a safetensors file has: lengths, shapes and offsets that do not add up are refused before
+    any tensor is read, and weights without an architecture are refused too."""
+    def with_header(name: str, header: bytes, payload: bytes = b"\0" * 64) -> Path:
+        path = tmp_path / name
+        path.write_bytes(len(header).to_bytes(8, "little") + header + payload)
+        return path
+
+    huge = hostile.json_bytes({"w": {"dtype": "F32", "shape": [1 << 20, 1 << 20], "data_offsets": [0, 64]}})
+    past_the_end = hostile.json_bytes({"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 1 << 40]}})
+    for path in (with_header("huge.safetensors", huge), with_header("past-end.safetensors", past_the_end)):
+        assert_one_line(refusal(hclient, path), grpc.StatusCode.INVALID_ARGUMENT, "safetensors")
+    claims_a_petabyte = tmp_path / "claims.safetensors"
+    claims_a_petabyte.write_bytes((1 << 50).to_bytes(8, "little") + b"{}")  # not read: it cannot fit the file
+    assert_one_line(refusal(hclient, claims_a_petabyte), grpc.StatusCode.INVALID_ARGUMENT, "neither")
+    assert_one_line(refusal(hclient, files["safetensors"], architecture=""), grpc.StatusCode.INVALID_ARGUMENT,
+                    "MODEL_FORMAT_SAFETENSORS holds weights only")
 
 
 # ------------------------------------------------------------ the worker's memory limit

@@ -18,6 +18,7 @@ class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_FORMAT_EXPORTED_PROGRAM: _ClassVar[ModelFormat]
     MODEL_FORMAT_STATE_DICT: _ClassVar[ModelFormat]
     MODEL_FORMAT_ONNX: _ClassVar[ModelFormat]
+    MODEL_FORMAT_SAFETENSORS: _ClassVar[ModelFormat]
 
 class DataFreeMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -81,6 +82,7 @@ MODEL_FORMAT_TORCHSCRIPT: ModelFormat
 MODEL_FORMAT_EXPORTED_PROGRAM: ModelFormat
 MODEL_FORMAT_STATE_DICT: ModelFormat
 MODEL_FORMAT_ONNX: ModelFormat
+MODEL_FORMAT_SAFETENSORS: ModelFormat
 DATA_FREE_METHOD_UNSPECIFIED: DataFreeMethod
 DATA_FREE_METHOD_DFAD: DataFreeMethod
 DATA_FREE_METHOD_BN_PRIOR: DataFreeMethod
@@ -266,10 +268,12 @@ class InputShape(_message.Message):
     def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class StudentSpec(_message.Message):
-    __slots__ = ("architecture",)
+    __slots__ = ("architecture", "init_model_id")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    INIT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     architecture: str
-    def __init__(self, architecture: _Optional[str] = ...) -> None: ...
+    init_model_id: str
+    def __init__(self, architecture: _Optional[str] = ..., init_model_id: _Optional[str] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
     __slots__ = ("torchvision", "image_folder", "generated", "webdataset", "max_train_samples", "max_val_samples", "mean", "std", "exclude_classes", "loader_workers")
@@ -889,7 +893,7 @@ class Latency(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., p95_ms: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., speedup_vs_teacher: _Optional[float] = ..., speedup_vs_teacher_pytorch: _Optional[float] = ...) -> None: ...
 
 class TrainingSummary(_message.Message):
-    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen", "data_loading", "augmentation")
+    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen", "data_loading", "augmentation", "pretrained")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -902,6 +906,7 @@ class TrainingSummary(_message.Message):
     SAMPLES_SEEN_FIELD_NUMBER: _ClassVar[int]
     DATA_LOADING_FIELD_NUMBER: _ClassVar[int]
     AUGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    PRETRAINED_FIELD_NUMBER: _ClassVar[int]
     method: str
     epochs: int
     steps: int
@@ -914,7 +919,20 @@ class TrainingSummary(_message.Message):
     samples_seen: int
     data_loading: str
     augmentation: str
-    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ..., data_loading: _Optional[str] = ..., augmentation: _Optional[str] = ...) -> None: ...
+    pretrained: PretrainedStart
+    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ..., data_loading: _Optional[str] = ..., augmentation: _Optional[str] = ..., pretrained: _Optional[_Union[PretrainedStart, _Mapping]] = ...) -> None: ...
+
+class PretrainedStart(_message.Message):
+    __slots__ = ("model_id", "tensors_loaded", "reinitialised", "adapted")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    REINITIALISED_FIELD_NUMBER: _ClassVar[int]
+    ADAPTED_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    tensors_loaded: int
+    reinitialised: _containers.RepeatedScalarFieldContainer[str]
+    adapted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_id: _Optional[str] = ..., tensors_loaded: _Optional[int] = ..., reinitialised: _Optional[_Iterable[str]] = ..., adapted: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExportSummary(_message.Message):
     __slots__ = ("opset", "exporter", "parity_max_abs_diff", "parity_tolerance", "parity_samples", "parity_max_rel_diff", "parity_top1_mismatch", "dynamic_batch", "accuracy_budget", "bundle_artifact", "input_shape", "parity_relative_tolerance")
