@@ -26,6 +26,7 @@ log = logging.getLogger("distillery.worker")
 # Where each stage starts on the job's 0..1 progress scale; distil fills the gap to evaluate.
 STAGE_START = {
     "load_teacher": 0.0,
+    "pick_student": 0.02,  # student.auto only
     "build_student": 0.03,
     "distil": 0.05,
     "evaluate": 0.80,

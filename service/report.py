@@ -277,6 +277,17 @@ def latency_rows(report: pb.Report) -> list[list[str]]:
     return rows
 
 
+def student_pick_rows(pick: pb.StudentPick) -> list[list[str]]:
+    rows = [["candidate", "parameters", "MACs", "p50 ms (untrained, exported)", "fits", ""]]
+    for c in pick.candidates:
+        rows.append([c.architecture, count(c.parameters), count(c.macs),
+                     f"{c.p50_ms:.3f}" if c.p50_ms else "-", "yes" if c.fits else "no",
+                     "trained" if c.architecture == pick.chosen else c.note])
+    if pick.teacher_p50_ms:
+        rows.append(["(teacher)", "", "", f"{pick.teacher_p50_ms:.3f}", "", "the speedup's baseline"])
+    return rows
+
+
 def per_class_rows(report: pb.Report) -> list[list[str]]:
     rows = [["class", "samples", "teacher top-1 %", "student top-1 %", "Δ"]]
     for c in report.per_class:
@@ -381,6 +392,9 @@ def to_markdown(report: pb.Report) -> str:
         lines += ["", "## Per class (top-1 on the validation split)", ""] + _table(per_class_rows(report))
     if report.HasField("data_free"):
         lines += _data_free_section(report.data_free)
+    if report.HasField("student_pick"):
+        lines += ["", f"## Student picked for {report.student_pick.budget}", "", f"{report.student_pick.reason}.", ""]
+        lines += _table(student_pick_rows(report.student_pick))
     lines += ["", "## How it was made", ""] + [f"- {line}" for line in how_it_was_made(report)] + [""]
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 import onnx
+from google.protobuf import json_format
 import torch
 
 from distill.benchmark import LatencyStats
@@ -44,6 +45,8 @@ def build(
     )
     if inputs.input_convention is not None:
         report.input_convention.CopyFrom(convert.input_convention(inputs.input_convention))
+    if plan.student_pick:
+        json_format.Parse(plan.student_pick, report.student_pick)
     if student.training is not None:
         report.training.CopyFrom(student.training)
         report.training.val_samples = len(eval_inputs) if eval_inputs.labels is not None else 0

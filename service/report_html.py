@@ -86,6 +86,10 @@ def to_html(report: pb.Report) -> str:
             parts.append("<p>When classes vanished from the generator's images during training:</p><ul>")
             parts += [f"<li>{html.escape(event)}</li>" for event in d.interventions]
             parts.append("</ul>")
+    if report.HasField("student_pick"):
+        pick = report.student_pick
+        parts += [f"<h2>Student picked for {html.escape(pick.budget)}</h2>", f"<p>{html.escape(pick.reason)}.</p>",
+                  _table(report_format.student_pick_rows(pick))]
     parts += ["<h2>How it was made</h2>", "<ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in report_format.how_it_was_made(report)]
     parts += ["</ul>", "</body></html>", ""]

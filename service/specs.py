@@ -124,6 +124,28 @@ class BenchmarkOnlyPlan:
 
 
 @dataclass(frozen=True)
+class AutoStudentPlan:
+    max_latency_ms: float  # 0 when the budget is a speedup
+    min_speedup: float  # 0 when the budget is a latency
+    batch_size: int
+    runtime: str
+    candidates: tuple[str, ...]
+
+    def describe(self) -> str:
+        bound = f"p50 <= {self.max_latency_ms:g} ms" if self.max_latency_ms else f">= {self.min_speedup:g}x the teacher's speed"
+        return f"{bound} at batch {self.batch_size} in {self.runtime}"
+
+
+# What student.auto considers by default: small to large, registry and timm; each is exported and timed per job.
+AUTO_CANDIDATES = (
+    "lenet5_half", "shallow_cnn", "resnet8_cifar", "resnet20_cifar", "lcnet_050", "mobilenetv3_small_050",
+    "mobilenetv3_small_100", "mobilenetv4_conv_small", "ghostnet_100", "efficientvit_m0", "repvit_m0_9",
+    "convnext_atto", "resnet18",
+)
+AUTO_RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
 class JobPlan:
     teacher_model_id: str
     student_architecture: str  # empty for benchmark-only jobs (the student is uploaded)
@@ -136,6 +158,10 @@ class JobPlan:
     benchmark_only: BenchmarkOnlyPlan | None = None
     distributed: distributed.Launch | None = None  # None: train in the worker process itself
     student_init_model_id: str = ""  # uploaded weights the student starts from; empty: random init
+    # Set: the worker picks student_architecture for this budget (service.student_pick) and stores the plan again
+    # with the architecture and student_pick (pb.StudentPick as JSON) filled in, so a resumed run trains the same one.
+    student_auto: AutoStudentPlan | None = None
+    student_pick: str = ""
 
     def on_device(self, device: str) -> JobPlan:
         """The same plan, training on ``device`` (one rank's GPU, cuda:N)."""
@@ -178,6 +204,30 @@ def _or_default(value: float, default: float) -> float:
     return value if value else default
 
 
+def _auto_student_plan(student: pb.StudentSpec) -> AutoStudentPlan:
+    auto = student.auto
+    if student.architecture:
+        raise InvalidArgument("set student.architecture or student.auto, not both")
+    if student.init_model_id:
+        raise InvalidArgument("student.init_model_id holds weights for one architecture; student.auto picks one")
+    budget = auto.WhichOneof("budget")
+    if budget is None:
+        raise InvalidArgument("student.auto needs a budget: max_latency_ms or min_speedup")
+    _in_range(getattr(auto, budget), 1e-6, 1e6, f"student.auto.{budget}")
+    if auto.batch_size < 0 or auto.batch_size > 4096:
+        raise InvalidArgument("student.auto.batch_size must be 1..4096 (0: 1)")
+    runtime = auto.runtime or AUTO_RUNTIMES[0]
+    if runtime not in AUTO_RUNTIMES:
+        raise InvalidArgument(f"student.auto.runtime must be one of {', '.join(AUTO_RUNTIMES)}, not {runtime!r}")
+    candidates = tuple(auto.candidates) or AUTO_CANDIDATES
+    if len(candidates) > 50 or len(set(candidates)) != len(candidates):
+        raise InvalidArgument("student.auto.candidates: at most 50, each once")
+    for name in candidates:
+        if not models.is_known(name):
+            raise InvalidArgument(f"student.auto.candidates: {models.unknown_message(name)}")
+    return AutoStudentPlan(auto.max_latency_ms, auto.min_speedup, auto.batch_size or 1, runtime, candidates)
+
+
 def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> JobPlan:
     """Validate ``spec`` and fill in defaults. Raises InvalidArgument or FailedPrecondition.
 
@@ -188,10 +238,13 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         raise InvalidArgument("teacher_model_id is required (upload the teacher with UploadModel first)")
     benchmark_only = _benchmark_only_plan(spec) if spec.HasField("benchmark_only") else None
     arch = spec.student.architecture
-    if benchmark_only is None and not models.is_known(arch):
+    auto = _auto_student_plan(spec.student) if spec.student.HasField("auto") else None
+    if benchmark_only is None and auto is None and not models.is_known(arch):
         raise InvalidArgument(f"student.architecture: {models.unknown_message(arch)}")
     if spec.student.init_model_id and benchmark_only is not None:
         raise InvalidArgument("student.init_model_id starts a student to train; a benchmark-only job trains none")
+    if auto is not None and benchmark_only is not None:
+        raise InvalidArgument("student.auto picks a student to train; a benchmark-only job trains none")
     if spec.device == pb.DEVICE_CUDA and not cuda_available:
         raise FailedPrecondition("device CUDA was asked for, but this server has no CUDA device")
     device = "cuda" if cuda_available and spec.device != pb.DEVICE_CPU else "cpu"
@@ -262,6 +315,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         benchmark_only=benchmark_only,
         distributed=_distributed_plan(spec, device, cuda_devices) if spec.HasField("distributed") else None,
         student_init_model_id=spec.student.init_model_id,
+        student_auto=auto,
     )
 
 

@@ -177,6 +177,12 @@ class Store:
         row = self.db.execute("SELECT plan FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return (row["plan"] or "") if row is not None else ""
 
+    def set_plan(self, job_id: str, plan: str) -> None:
+        """Replace the stored plan with what the job settled while running (a student picked for a budget), so a
+        resumed run and every training process run the same plan."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET plan = ? WHERE id = ?", (plan, job_id))
+
     def _job_unlocked(self, job_id: str) -> pb.Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._job_from_row(row, self.list_artifacts(job_id))

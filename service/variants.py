@@ -117,9 +117,9 @@ def torch_variant(
     """
     if onnx:
         parameters, device = onnx_teacher.parameter_count(model), "cpu"
-        macs = _macs(lambda: onnx_teacher.mac_count(model, shape))
+        macs = macs_or_zero(lambda: onnx_teacher.mac_count(model, shape))
     else:
-        parameters, macs = count_parameters(model), _macs(lambda: count_macs(model, shape, device))
+        parameters, macs = count_parameters(model), macs_or_zero(lambda: count_macs(model, shape, device))
     runner = Runner(
         open=lambda: torch_runner(model),
         prepare=lambda batch: (inputs.fit(batch) if inputs else batch).to(device),
@@ -263,7 +263,7 @@ def benchmark(
     return latency, notes
 
 
-def _macs(count: Callable[[], int]) -> int:
+def macs_or_zero(count: Callable[[], int]) -> int:
     """The count, or 0 ("-" in the report): a number in a table must not fail the job."""
     try:
         return count()

@@ -101,3 +101,46 @@ def test_a_timm_student_from_safetensors_weights_trains_and_ships(
 def _state_dict_of(model: torch.nn.Module, folder: Path) -> Path:
     torch.save(model.state_dict(), folder / "sd.pt")
     return folder / "sd.pt"
+
+
+@pytest.mark.slow
+def test_student_auto_times_its_candidates_and_trains_the_largest_that_fits(
+    client: Client, teacher_model: pb.Model, tmp_path: Path
+) -> None:
+    candidates = ["lenet5_half", "shallow_cnn", "lenet5"]
+    spec = tiny_spec(teacher_model.id)
+    spec.training.epochs = 1
+    spec.export.MergeFrom(pb.ExportSpec(int8=False, fp16=False))
+    spec.benchmark.batch_sizes[:] = [1]
+    # A budget every candidate meets: the most parameters wins, whatever this machine's speed today.
+    spec.student.Clear()
+    spec.student.auto.MergeFrom(pb.AutoStudent(max_latency_ms=1e5, candidates=candidates))
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
+    report = client.report(job.id)
+    pick = report.student_pick
+    assert [c.architecture for c in pick.candidates] == candidates
+    assert all(c.fits and c.p50_ms > 0 and c.parameters > 0 and c.macs > 0 for c in pick.candidates)
+    largest = max(pick.candidates, key=lambda c: c.parameters).architecture
+    assert largest == "shallow_cnn" and pick.chosen == largest and report.student.architecture == largest
+    assert pick.budget == "p50 <= 100000 ms at batch 1 in onnxruntime" and largest in pick.reason
+    markdown = client.download(job.id, "report.md", tmp_path / "report.md").read_text()
+    assert f"## Student picked for {pick.budget}" in markdown and "| shallow_cnn |" in markdown
+
+    # A budget nothing meets (a nanosecond) fails the job, naming the fastest candidate; nothing is trained.
+    spec.student.auto.max_latency_ms = 1e-6
+    failed = client.wait(client.create_job(spec).id)
+    assert failed.state == pb.JOB_STATE_FAILED
+    assert failed.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "no student candidate fits p50 <= 1e-06 ms at batch 1 in onnxruntime: the fastest" in failed.error.message
+    assert not failed.artifacts
+
+    # The spec is checked before anything runs.
+    for auto, words in ((pb.AutoStudent(candidates=["lenet5"]), "needs a budget"),
+                        (pb.AutoStudent(min_speedup=2, runtime="tensorrt"), "runtime must be one of"),
+                        (pb.AutoStudent(min_speedup=2, candidates=["hf-hub:timm/x"]), "unknown architecture")):
+        spec.student.auto.CopyFrom(auto)
+        error = rpc_error(client.create_job, spec)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details(), error.details()
+    spec.student.architecture = "lenet5"
+    assert "not both" in rpc_error(client.create_job, spec).details()

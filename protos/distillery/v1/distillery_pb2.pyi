@@ -268,12 +268,28 @@ class InputShape(_message.Message):
     def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class StudentSpec(_message.Message):
-    __slots__ = ("architecture", "init_model_id")
+    __slots__ = ("architecture", "init_model_id", "auto")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     INIT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTO_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     init_model_id: str
-    def __init__(self, architecture: _Optional[str] = ..., init_model_id: _Optional[str] = ...) -> None: ...
+    auto: AutoStudent
+    def __init__(self, architecture: _Optional[str] = ..., init_model_id: _Optional[str] = ..., auto: _Optional[_Union[AutoStudent, _Mapping]] = ...) -> None: ...
+
+class AutoStudent(_message.Message):
+    __slots__ = ("max_latency_ms", "min_speedup", "batch_size", "runtime", "candidates")
+    MAX_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    max_latency_ms: float
+    min_speedup: float
+    batch_size: int
+    runtime: str
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, max_latency_ms: _Optional[float] = ..., min_speedup: _Optional[float] = ..., batch_size: _Optional[int] = ..., runtime: _Optional[str] = ..., candidates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
     __slots__ = ("torchvision", "image_folder", "generated", "webdataset", "max_train_samples", "max_val_samples", "mean", "std", "exclude_classes", "loader_workers")
@@ -665,7 +681,7 @@ class WatchJobResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free", "per_class", "student_lowest_latency", "student_highest_throughput", "notes", "kind", "input_convention")
+    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free", "per_class", "student_lowest_latency", "student_highest_throughput", "notes", "kind", "input_convention", "student_pick")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -682,6 +698,7 @@ class Report(_message.Message):
     NOTES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     INPUT_CONVENTION_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_PICK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     create_time: _timestamp_pb2.Timestamp
     summary: str
@@ -698,7 +715,8 @@ class Report(_message.Message):
     notes: _containers.RepeatedScalarFieldContainer[str]
     kind: JobKind
     input_convention: InputConvention
-    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., input_convention: _Optional[_Union[InputConvention, _Mapping]] = ...) -> None: ...
+    student_pick: StudentPick
+    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., input_convention: _Optional[_Union[InputConvention, _Mapping]] = ..., student_pick: _Optional[_Union[StudentPick, _Mapping]] = ...) -> None: ...
 
 class InputConvention(_message.Message):
     __slots__ = ("chosen", "mean", "std", "reason", "samples", "candidates")
@@ -785,6 +803,36 @@ class DataFreeSummary(_message.Message):
     interventions: _containers.RepeatedScalarFieldContainer[str]
     teacher_confidence_on_generated: float
     def __init__(self, method: _Optional[str] = ..., iterations: _Optional[int] = ..., student_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_histogram: _Optional[_Iterable[int]] = ..., generated_samples: _Optional[int] = ..., agreement_on_generated: _Optional[float] = ..., samples_artifact: _Optional[str] = ..., replay_steps: _Optional[int] = ..., batchnorm: _Optional[str] = ..., recipe: _Optional[str] = ..., logit_bound: _Optional[float] = ..., interventions: _Optional[_Iterable[str]] = ..., teacher_confidence_on_generated: _Optional[float] = ...) -> None: ...
+
+class StudentPick(_message.Message):
+    __slots__ = ("budget", "candidates", "chosen", "reason", "teacher_p50_ms")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    candidates: _containers.RepeatedCompositeFieldContainer[StudentCandidate]
+    chosen: str
+    reason: str
+    teacher_p50_ms: float
+    def __init__(self, budget: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[StudentCandidate, _Mapping]]] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., teacher_p50_ms: _Optional[float] = ...) -> None: ...
+
+class StudentCandidate(_message.Message):
+    __slots__ = ("architecture", "parameters", "macs", "p50_ms", "fits", "note")
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MACS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    FITS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    architecture: str
+    parameters: int
+    macs: int
+    p50_ms: float
+    fits: bool
+    note: str
+    def __init__(self, architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., macs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., fits: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("architecture", "parameters", "macs", "num_classes", "input_shape")
