@@ -37,10 +37,11 @@ def tap(model: nn.Module, paths: Iterable[str], store: dict[str, torch.Tensor]) 
     A path ending in ":input" takes the module's input instead (e.g. the
     embedding that enters the classifier).
     """
-    if isinstance(model, torch.jit.ScriptModule):
+    keys = list(dict.fromkeys(paths))
+    if keys and isinstance(model, torch.jit.ScriptModule):
         raise FeatureError("TorchScript modules take no forward hooks")
     handles = []
-    for key in dict.fromkeys(paths):
+    for key in keys:
         path, wants_input = key.removesuffix(INPUT_SUFFIX), key.endswith(INPUT_SUFFIX)
 
         def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor, key: str = key, wants_input: bool = wants_input) -> None:

@@ -196,6 +196,13 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             raise NotFound(f"student model {plan.benchmark_only.student_model_id!r} not found; upload it first")
         if plan.student_init_model_id:
             _check_pretrained_start(await self.store.get_model(plan.student_init_model_id), plan)
+        if plan.student_model_id:
+            own = await self.store.get_model(plan.student_model_id)
+            if own is None:
+                raise NotFound(f"student.model_id {plan.student_model_id!r} not found; upload the module first")
+            if own.format != pb.MODEL_FORMAT_TORCHSCRIPT:
+                raise InvalidArgument(f"student.model_id {own.id} is {pb.ModelFormat.Name(own.format)}; a student to "
+                                      "train is a TorchScript module (torch.jit.save(torch.jit.script(model)))")
         for method in plan.methods:
             if method.uses_features and teacher.format not in model_formats.WEIGHTS_FORMATS:
                 raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")

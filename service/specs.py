@@ -162,6 +162,7 @@ class JobPlan:
     # with the architecture and student_pick (pb.StudentPick as JSON) filled in, so a resumed run trains the same one.
     student_auto: AutoStudentPlan | None = None
     student_pick: str = ""
+    student_model_id: str = ""  # an uploaded TorchScript module trained as the student (no architecture)
 
     def on_device(self, device: str) -> JobPlan:
         """The same plan, training on ``device`` (one rank's GPU, cuda:N)."""
@@ -239,7 +240,11 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
     benchmark_only = _benchmark_only_plan(spec) if spec.HasField("benchmark_only") else None
     arch = spec.student.architecture
     auto = _auto_student_plan(spec.student) if spec.student.HasField("auto") else None
-    if benchmark_only is None and auto is None and not models.is_known(arch):
+    own = spec.student.model_id
+    if own and (arch or auto or spec.student.init_model_id or benchmark_only):
+        raise InvalidArgument("student.model_id is the whole student: set it alone (no architecture, auto or "
+                              "init_model_id), and not in a benchmark-only job (benchmark_only.student_model_id)")
+    if benchmark_only is None and auto is None and not own and not models.is_known(arch):
         raise InvalidArgument(f"student.architecture: {models.unknown_message(arch)}")
     if spec.student.init_model_id and benchmark_only is not None:
         raise InvalidArgument("student.init_model_id starts a student to train; a benchmark-only job trains none")
@@ -280,6 +285,11 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         methods = [_method(i, term) for i, term in enumerate(spec.losses or default_kd)]
 
     _check_augmentation(spec, training, methods, data_free is not None)
+    if own and any(m.uses_features for m in methods):
+        raise InvalidArgument("a TorchScript student (student.model_id) takes no forward hooks: use logit methods "
+                              "(kd, dkd, cross_entropy), or upload weights for a registry or timm architecture")
+    if own and spec.HasField("distributed"):
+        raise InvalidArgument("a TorchScript student (student.model_id) trains in one process: drop distributed")
     export = _export_plan(spec.export)
 
     b = spec.benchmark
@@ -316,6 +326,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         distributed=_distributed_plan(spec, device, cuda_devices) if spec.HasField("distributed") else None,
         student_init_model_id=spec.student.init_model_id,
         student_auto=auto,
+        student_model_id=own,
     )
 
 

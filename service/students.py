@@ -55,12 +55,12 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
         if not student.is_onnx:
             student.model.to(device)
         return student
-    ctx.stage("build_student", plan.student_architecture)
+    ctx.stage("build_student", student_name(plan))
     earlier = _trained_earlier(ctx, plan, inputs)
     if earlier is not None:
         return earlier
     model, start = new_model(ctx, plan, inputs)
-    student = Student(model, plan.student_architecture)
+    student = Student(model, student_name(plan))
     if plan.distributed:
         student.training, result = distil_on_ranks(ctx, plan, student.model, rank_entry)
     else:
@@ -96,7 +96,7 @@ def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) ->
     saved = torch.load(ctx.outputs["student.pt"], map_location="cpu", weights_only=True)
     model, _ = new_model(ctx, plan, inputs, pretrained=False)  # the trained weights replace any start
     model.load_state_dict(saved["state_dict"])
-    student = Student(model, plan.student_architecture, saved=ctx.outputs["student.pt"], retried=True,
+    student = Student(model, student_name(plan), saved=ctx.outputs["student.pt"], retried=True,
                       training=json_format.Parse(saved["training"], pb.TrainingSummary()))
     if saved["data_free"]:
         student.data_free = json_format.Parse(saved["data_free"], pb.DataFreeSummary())
@@ -106,11 +106,22 @@ def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) ->
     return student
 
 
+def student_name(plan: specs.JobPlan) -> str:
+    """What the report and the bundle call the student: its architecture, or the uploaded module it is."""
+    return plan.student_architecture or f"TorchScript {plan.student_model_id}"
+
+
 def new_model(
     ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, pretrained: bool = True
 ) -> tuple[torch.nn.Module, pb.PretrainedStart | None]:
-    """The student, built for the teacher's classes and input, from its pretrained start when the spec names one."""
+    """The student, built for the teacher's classes and input, from its pretrained start when the spec names one;
+    or the user's own uploaded module, made trainable."""
     torch.manual_seed(plan.training.seed)  # the same spec gives the same student, init included (on every rank)
+    if plan.student_model_id:
+        model = uploaded(ctx, plan.student_model_id, inputs).model  # checked as at upload, loaded without running code
+        for p in model.parameters():
+            p.requires_grad_(p.is_floating_point())  # loading froze it as a teacher
+        return model.train(), None
     channels, size = inputs.input_shape[0], inputs.input_shape[1]
     model = models.build(plan.student_architecture, inputs.teacher.num_classes, channels, size)
     if not (pretrained and plan.student_init_model_id):
@@ -216,7 +227,8 @@ def save(ctx: JobContext, plan: specs.JobPlan, student: Student, inputs: JobInpu
     path = ctx.output("student.pt")
     torch.save(
         {
-            "architecture": plan.student_architecture,
+            "architecture": plan.student_architecture,  # "" for an uploaded TorchScript student:
+            "student_model_id": plan.student_model_id,  # its weights load into that module
             "num_classes": num_classes,
             "input_shape": list(inputs.input_shape),
             "classes": splits.train.classes if splits else [str(c) for c in range(num_classes)],

@@ -268,14 +268,16 @@ class InputShape(_message.Message):
     def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class StudentSpec(_message.Message):
-    __slots__ = ("architecture", "init_model_id", "auto")
+    __slots__ = ("architecture", "init_model_id", "auto", "model_id")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     INIT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     AUTO_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     init_model_id: str
     auto: AutoStudent
-    def __init__(self, architecture: _Optional[str] = ..., init_model_id: _Optional[str] = ..., auto: _Optional[_Union[AutoStudent, _Mapping]] = ...) -> None: ...
+    model_id: str
+    def __init__(self, architecture: _Optional[str] = ..., init_model_id: _Optional[str] = ..., auto: _Optional[_Union[AutoStudent, _Mapping]] = ..., model_id: _Optional[str] = ...) -> None: ...
 
 class AutoStudent(_message.Message):
     __slots__ = ("max_latency_ms", "min_speedup", "batch_size", "runtime", "candidates")
