@@ -278,7 +278,7 @@ def latency_rows(report: pb.Report) -> list[list[str]]:
 
 
 def student_pick_rows(pick: pb.StudentPick) -> list[list[str]]:
-    rows = [["candidate", "parameters", "MACs", "p50 ms (untrained, exported)", "fits", ""]]
+    rows = [["candidate", "parameters", "MACs", "p50 ms (untrained, exported)", "fits", "note"]]
     for c in pick.candidates:
         rows.append([c.architecture, count(c.parameters), count(c.macs),
                      f"{c.p50_ms:.3f}" if c.p50_ms else "-", "yes" if c.fits else "no",

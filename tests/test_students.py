@@ -12,7 +12,9 @@ import torch
 from distill import loading, models
 from distill.model_checks import ModelFileError
 from protos.distillery.v1 import distillery_pb2 as pb
+from service import specs
 from service.client import Client
+from service.store import Store
 from tests.conftest import TINY_DATA, rpc_error, tiny_spec
 
 TIMM_STUDENT = "mobilenetv4_conv_small"
@@ -105,7 +107,7 @@ def _state_dict_of(model: torch.nn.Module, folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_student_auto_times_its_candidates_and_trains_the_largest_that_fits(
-    client: Client, teacher_model: pb.Model, tmp_path: Path
+    client: Client, teacher_model: pb.Model, server: tuple[str, Path], tmp_path: Path
 ) -> None:
     candidates = ["lenet5_half", "shallow_cnn", "lenet5"]
     spec = tiny_spec(teacher_model.id)
@@ -126,6 +128,11 @@ def test_student_auto_times_its_candidates_and_trains_the_largest_that_fits(
     assert pick.budget == "p50 <= 100000 ms at batch 1 in onnxruntime" and largest in pick.reason
     markdown = client.download(job.id, "report.md", tmp_path / "report.md").read_text()
     assert f"## Student picked for {pick.budget}" in markdown and "| shallow_cnn |" in markdown
+    # The pick is stored with the job: a resumed run or a retry trains shallow_cnn without timing again.
+    store = Store(server[1] / "distillery.db")
+    stored = specs.plan_from_json(store.get_plan(job.id))
+    store.close()
+    assert stored.student_architecture == "shallow_cnn" and "shallow_cnn" in stored.student_pick
 
     # A budget nothing meets (a nanosecond) fails the job, naming the fastest candidate; nothing is trained.
     spec.student.auto.max_latency_ms = 1e-6
