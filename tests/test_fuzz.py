@@ -258,8 +258,10 @@ def valid_specs(teacher_id: str) -> list[pb.JobSpec]:
 def legitimate_rejections(spec: pb.JobSpec, model_ids: list[str]) -> set[grpc.StatusCode]:
     """The codes CreateJob may refuse ``spec`` with, by the API's contract (README, proto)."""
     codes = {grpc.StatusCode.INVALID_ARGUMENT}
-    student_id = spec.benchmark_only.student_model_id if spec.HasField("benchmark_only") else None
-    if spec.teacher_model_id not in model_ids or student_id not in (None, *model_ids):
+    referenced = [spec.teacher_model_id, spec.student.init_model_id, spec.student.model_id]
+    if spec.HasField("benchmark_only"):
+        referenced.append(spec.benchmark_only.student_model_id)
+    if any(model_id not in ("", *model_ids) for model_id in referenced) or not spec.teacher_model_id:
         codes.add(grpc.StatusCode.NOT_FOUND)
     if spec.device == pb.DEVICE_CUDA:  # FAILED_PRECONDITION on a server without CUDA
         codes.add(grpc.StatusCode.FAILED_PRECONDITION)
