@@ -49,14 +49,17 @@ class ImageData:
         keep = ~torch.isin(self.labels, torch.tensor(classes))
         if not keep.any():
             raise ValueError("excluding those classes leaves no training data")
-        return ImageData(self.images[keep], self.labels[keep], self.classes)
+        return self.select(keep.nonzero().flatten())
 
     def subset(self, limit: int, seed: int) -> ImageData:
         """The first ``limit`` samples of a seeded shuffle (all when limit <= 0)."""
         if limit <= 0 or limit >= len(self):
             return self
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
-        return ImageData(self.images[order], self.labels[order], self.classes)
+        return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit])
+
+    def select(self, rows: torch.Tensor) -> ImageData:
+        """These samples, in this order."""
+        return ImageData(self.images[rows], self.labels[rows], self.classes)
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         return self.images[index]

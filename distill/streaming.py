@@ -150,7 +150,8 @@ class ImageFiles(Dataset):
     def input_shape(self) -> tuple[int, int, int]:
         return self.channels, self.image_size, self.image_size
 
-    def _keep(self, rows: torch.Tensor) -> ImageFiles:
+    def select(self, rows: torch.Tensor) -> ImageFiles:
+        """These samples, in this order."""
         kept = ImageFiles([self.paths[i] for i in rows.tolist()], self.labels[rows], self.classes, self.image_size, self.channels)
         kept.workers, kept.in_process_up_to = self.workers, self.in_process_up_to
         return kept
@@ -161,13 +162,13 @@ class ImageFiles(Dataset):
         keep = ~torch.isin(self.labels, torch.tensor(classes))
         if not keep.any():
             raise ValueError("excluding those classes leaves no training data")
-        return self._keep(keep.nonzero().flatten())
+        return self.select(keep.nonzero().flatten())
 
     def subset(self, limit: int, seed: int) -> ImageFiles:
         """The first ``limit`` samples of a seeded shuffle (all when limit <= 0), as ImageData.subset picks them."""
         if limit <= 0 or limit >= len(self):
             return self
-        return self._keep(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit])
+        return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit])
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """These samples' images, decoded in this process (for a few: samples, calibration)."""

@@ -277,6 +277,21 @@ def latency_rows(report: pb.Report) -> list[list[str]]:
     return rows
 
 
+def search_line(s: pb.SearchSummary) -> str:
+    return (f"{len(s.trials)} trials, each trained on {s.train_samples} training images and scored on the "
+            f"{s.held_out_samples} held out; {s.reason}")
+
+
+def search_rows(s: pb.SearchSummary) -> list[list[str]]:
+    names = sorted({name for t in s.trials for name in t.params})
+    rows = [["trial", *names, "held-out top-1", "time", "state"]]
+    for t in s.trials:
+        rows.append([str(t.number), *(f"{t.params[n]:.4g}" if n in t.params else "-" for n in names),
+                     f"{t.held_out_top1:.2f}" if t.state == "complete" else "-", f"{t.seconds:.0f} s",
+                     "chosen" if t.number == s.chosen_trial else (t.state if not t.note else f"{t.state}: {t.note}")])
+    return rows
+
+
 def student_pick_rows(pick: pb.StudentPick) -> list[list[str]]:
     rows = [["candidate", "parameters", "MACs", "p50 ms (untrained, exported)", "fits", "note"]]
     for c in pick.candidates:
@@ -395,6 +410,8 @@ def to_markdown(report: pb.Report) -> str:
     if report.HasField("student_pick"):
         lines += ["", f"## Student picked for {report.student_pick.budget}", "", f"{report.student_pick.reason}.", ""]
         lines += _table(student_pick_rows(report.student_pick))
+    if report.HasField("search"):
+        lines += ["", "## Search", "", f"{search_line(report.search)}.", ""] + _table(search_rows(report.search))
     lines += ["", "## How it was made", ""] + [f"- {line}" for line in how_it_was_made(report)] + [""]
     return "\n".join(lines)
 

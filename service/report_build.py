@@ -54,6 +54,8 @@ def build(
         report.export.CopyFrom(exported.summary)
     if student.data_free is not None:
         report.data_free.CopyFrom(student.data_free)
+    if student.search is not None:
+        report.search.CopyFrom(student.search)
     report.create_time.GetCurrentTime()
     for v in variants:
         row = report.variants.add(

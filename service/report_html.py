@@ -90,6 +90,9 @@ def to_html(report: pb.Report) -> str:
         pick = report.student_pick
         parts += [f"<h2>Student picked for {html.escape(pick.budget)}</h2>", f"<p>{html.escape(pick.reason)}.</p>",
                   _table(report_format.student_pick_rows(pick))]
+    if report.HasField("search"):
+        parts += ["<h2>Search</h2>", f"<p>{html.escape(report_format.search_line(report.search))}.</p>",
+                  _table(report_format.search_rows(report.search))]
     parts += ["<h2>How it was made</h2>", "<ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in report_format.how_it_was_made(report)]
     parts += ["</ul>", "</body></html>", ""]

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from distill import augment, data, distributed, losses, models
+from distill import augment, data, distributed, losses, models, search
 from distill.benchmark import DEFAULT_BATCH_SIZES, TimingPlan
 from distill.datafree import DataFreeConfig
+from distill.search import SearchConfig
 from distill.streaming import ImageFiles, WebDatasetShards
 from distill.trainer import TrainConfig
 from exporters import onnx_export
@@ -163,6 +164,7 @@ class JobPlan:
     student_auto: AutoStudentPlan | None = None
     student_pick: str = ""
     student_model_id: str = ""  # an uploaded TorchScript module trained as the student (no architecture)
+    search: SearchConfig | None = None  # set: trials of the training instead of one run
 
     def on_device(self, device: str) -> JobPlan:
         """The same plan, training on ``device`` (one rank's GPU, cuda:N)."""
@@ -203,6 +205,27 @@ def _digits(value: float) -> float:
 
 def _or_default(value: float, default: float) -> float:
     return value if value else default
+
+
+def _search_plan(spec: pb.JobSpec, methods: list[losses.MethodConfig], seed: int) -> search.SearchConfig:
+    for other in ("data_free", "distributed", "benchmark_only"):
+        if spec.HasField(other):
+            raise InvalidArgument(f"search cannot be combined with {other}")
+    if spec.dataset.HasField("webdataset"):
+        raise InvalidArgument("search holds part of the training split out: WebDataset shards cannot be cut; "
+                              "use an image folder")
+    s = spec.search
+    if not 0 <= s.trials <= 200:
+        raise InvalidArgument("search.trials must be 1..200 (0: 10)")
+    parameters = tuple(search.Parameter(p.name, p.low, p.high, p.log) for p in s.parameters)
+    if len({p.name for p in parameters}) != len(parameters):
+        raise InvalidArgument("search.parameters: each name once")
+    try:
+        config = search.SearchConfig(parameters, s.trials or 10, s.held_out_fraction or 0.2, seed)
+        search.check(tuple(methods), parameters)
+    except search.SearchError as e:
+        raise InvalidArgument(f"search: {e}") from e
+    return config
 
 
 def _auto_student_plan(student: pb.StudentSpec) -> AutoStudentPlan:
@@ -290,6 +313,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
                               "(kd, dkd, cross_entropy), or upload weights for a registry or timm architecture")
     if own and spec.HasField("distributed"):
         raise InvalidArgument("a TorchScript student (student.model_id) trains in one process: drop distributed")
+    searched = _search_plan(spec, methods, t.seed) if spec.HasField("search") else None
     export = _export_plan(spec.export)
 
     b = spec.benchmark
@@ -327,6 +351,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         student_init_model_id=spec.student.init_model_id,
         student_auto=auto,
         student_model_id=own,
+        search=searched,
     )
 
 

@@ -14,7 +14,7 @@ import torch
 from google.protobuf import json_format
 from torchvision.utils import save_image
 
-from distill import distributed, engine, loading, models
+from distill import distributed, engine, loading, models, search
 from distill.datafree import DataFreeResult, Generator, check_generator
 from distill.loading import WEIGHTS, ModelFileError
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -41,6 +41,7 @@ class Student:
     generator: Generator | None = None  # data-free: makes evaluation inputs when there is no dataset
     saved: Path | None = None  # a distilled student's student.pt, published as soon as training ended
     retried: bool = False  # trained by an earlier attempt of this job (RetryJob), not again
+    search: pb.SearchSummary | None = None  # a search job's trials
 
 
 def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: Callable[..., Any]) -> Student:
@@ -61,7 +62,10 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
         return earlier
     model, start = new_model(ctx, plan, inputs)
     student = Student(model, student_name(plan))
-    if plan.distributed:
+    if plan.search is not None:
+        student.model, student.training, student.search = searched(ctx, plan, inputs, student.model)
+        result = None
+    elif plan.distributed:
         student.training, result = distil_on_ranks(ctx, plan, student.model, rank_entry)
     else:
         student.training, result = distil(ctx, plan, inputs, student.model, ctx.resume(device))
@@ -98,6 +102,8 @@ def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) ->
     model.load_state_dict(saved["state_dict"])
     student = Student(model, student_name(plan), saved=ctx.outputs["student.pt"], retried=True,
                       training=json_format.Parse(saved["training"], pb.TrainingSummary()))
+    if saved.get("search"):
+        student.search = json_format.Parse(saved["search"], pb.SearchSummary())
     if saved["data_free"]:
         student.data_free = json_format.Parse(saved["data_free"], pb.DataFreeSummary())
         checkpoint = torch.load(ctx.outputs["generator.pt"], map_location="cpu", weights_only=True)
@@ -142,8 +148,15 @@ def distil(
     ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module, resume: dict[str, Any] | None
 ) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
     """Distil in this process (one of several, or the only one): the engine's one call; the data-free result too."""
+    with ctx.stop.at_step_boundaries():
+        outcome = engine.run(_engine_job(plan, inputs, student), **ctx.training_callbacks(), resume_from=resume,
+                             stop_requested=ctx.stop, on_stage=ctx.stage)
+    return convert.training_summary(outcome.training), outcome.data_free
+
+
+def _engine_job(plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module) -> engine.Job:
     splits = inputs.splits
-    job = engine.Job(
+    return engine.Job(
         teacher=inputs.teacher.model,
         student=student,
         data=None if plan.data_free else splits,
@@ -155,10 +168,35 @@ def distil(
         teacher_exposes_modules=inputs.teacher.format in WEIGHTS,
         evaluate=False,  # the evaluate stage scores every variant, in every runtime
     )
-    with ctx.stop.at_step_boundaries():
-        outcome = engine.run(job, **ctx.training_callbacks(), resume_from=resume, stop_requested=ctx.stop,
-                             on_stage=ctx.stage)
-    return convert.training_summary(outcome.training), outcome.data_free
+
+
+def searched(
+    ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module
+) -> tuple[torch.nn.Module, pb.TrainingSummary, pb.SearchSummary]:
+    """The search's trials (each from ``student``'s initial weights), then its best trial's student.
+
+    Finished trials live in the workdir: a restarted job goes on from them. A stop (the server draining) ends the
+    trial that was running; it runs again after the restart.
+    """
+    assert plan.search is not None
+    config = plan.search
+
+    def heard(trial: search.Trial, best: search.Trial | None) -> None:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in trial.params.items())
+        score = f"held-out top-1 {trial.held_out_top1:.2f}" if trial.held_out_top1 is not None else f"failed: {trial.note}"
+        leader = f"; best so far trial {best.number} ({best.held_out_top1:.2f})" if best else ""
+        ctx.stage("distil", f"search trial {trial.number} ({values}): {score}{leader}")
+
+    ctx.stage("distil", f"search: {config.trials} trials of {', '.join(p.name for p in config.parameters)}")
+    result = search.run(_engine_job(plan, inputs, student), config, ctx.workdir / "search", on_trial=heard)
+    summary = pb.SearchSummary(chosen_trial=result.best.number, train_samples=result.train_samples,
+                               held_out_samples=result.held_out_samples)
+    for t in result.trials:
+        summary.trials.add(number=t.number, params=t.params, held_out_top1=t.held_out_top1 or 0.0, seconds=t.seconds,
+                           state=t.state, note=t.note)
+    summary.reason = (f"trial {result.best.number} has the best top-1 on the {result.held_out_samples} held-out "
+                      f"training images ({result.best.held_out_top1:.2f}); the validation split scored only its student")
+    return result.student, convert.training_summary(result.training), summary
 
 
 def distil_on_ranks(
@@ -239,6 +277,7 @@ def save(ctx: JobContext, plan: specs.JobPlan, student: Student, inputs: JobInpu
             "job_spec": json_format.MessageToJson(ctx.store.get_job(ctx.job_id).spec),
             "training": json_format.MessageToJson(student.training) if student.training else "",
             "data_free": json_format.MessageToJson(student.data_free) if student.data_free else "",
+            "search": json_format.MessageToJson(student.search) if student.search else "",
         },
         path,
     )

@@ -174,7 +174,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name", "data_free", "benchmark_only", "distributed")
+    __slots__ = ("teacher_model_id", "student", "dataset", "losses", "training", "export", "benchmark", "device", "display_name", "data_free", "benchmark_only", "distributed", "search")
     TEACHER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class JobSpec(_message.Message):
     DATA_FREE_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_ONLY_FIELD_NUMBER: _ClassVar[int]
     DISTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
     teacher_model_id: str
     student: StudentSpec
     dataset: DatasetSpec
@@ -199,7 +200,30 @@ class JobSpec(_message.Message):
     data_free: DataFreeSpec
     benchmark_only: BenchmarkOnlySpec
     distributed: DistributedSpec
-    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ..., benchmark_only: _Optional[_Union[BenchmarkOnlySpec, _Mapping]] = ..., distributed: _Optional[_Union[DistributedSpec, _Mapping]] = ...) -> None: ...
+    search: SearchSpec
+    def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ..., benchmark_only: _Optional[_Union[BenchmarkOnlySpec, _Mapping]] = ..., distributed: _Optional[_Union[DistributedSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ...) -> None: ...
+
+class SearchSpec(_message.Message):
+    __slots__ = ("parameters", "trials", "held_out_fraction")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    parameters: _containers.RepeatedCompositeFieldContainer[SearchParameter]
+    trials: int
+    held_out_fraction: float
+    def __init__(self, parameters: _Optional[_Iterable[_Union[SearchParameter, _Mapping]]] = ..., trials: _Optional[int] = ..., held_out_fraction: _Optional[float] = ...) -> None: ...
+
+class SearchParameter(_message.Message):
+    __slots__ = ("name", "low", "high", "log")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    low: float
+    high: float
+    log: bool
+    def __init__(self, name: _Optional[str] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., log: _Optional[bool] = ...) -> None: ...
 
 class DistributedSpec(_message.Message):
     __slots__ = ("processes_per_node", "nodes", "rendezvous_endpoint", "run_id")
@@ -683,7 +707,7 @@ class WatchJobResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free", "per_class", "student_lowest_latency", "student_highest_throughput", "notes", "kind", "input_convention", "student_pick")
+    __slots__ = ("job_id", "create_time", "summary", "teacher", "student", "variants", "training", "export", "environment", "data_free", "per_class", "student_lowest_latency", "student_highest_throughput", "notes", "kind", "input_convention", "student_pick", "search")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -701,6 +725,7 @@ class Report(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     INPUT_CONVENTION_FIELD_NUMBER: _ClassVar[int]
     STUDENT_PICK_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     create_time: _timestamp_pb2.Timestamp
     summary: str
@@ -718,7 +743,45 @@ class Report(_message.Message):
     kind: JobKind
     input_convention: InputConvention
     student_pick: StudentPick
-    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., input_convention: _Optional[_Union[InputConvention, _Mapping]] = ..., student_pick: _Optional[_Union[StudentPick, _Mapping]] = ...) -> None: ...
+    search: SearchSummary
+    def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., input_convention: _Optional[_Union[InputConvention, _Mapping]] = ..., student_pick: _Optional[_Union[StudentPick, _Mapping]] = ..., search: _Optional[_Union[SearchSummary, _Mapping]] = ...) -> None: ...
+
+class SearchSummary(_message.Message):
+    __slots__ = ("trials", "chosen_trial", "reason", "train_samples", "held_out_samples")
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_TRIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    trials: _containers.RepeatedCompositeFieldContainer[SearchTrial]
+    chosen_trial: int
+    reason: str
+    train_samples: int
+    held_out_samples: int
+    def __init__(self, trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., chosen_trial: _Optional[int] = ..., reason: _Optional[str] = ..., train_samples: _Optional[int] = ..., held_out_samples: _Optional[int] = ...) -> None: ...
+
+class SearchTrial(_message.Message):
+    __slots__ = ("number", "params", "held_out_top1", "seconds", "state", "note")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_TOP1_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    params: _containers.ScalarMap[str, float]
+    held_out_top1: float
+    seconds: float
+    state: str
+    note: str
+    def __init__(self, number: _Optional[int] = ..., params: _Optional[_Mapping[str, float]] = ..., held_out_top1: _Optional[float] = ..., seconds: _Optional[float] = ..., state: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class InputConvention(_message.Message):
     __slots__ = ("chosen", "mean", "std", "reason", "samples", "candidates")
