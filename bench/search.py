@@ -60,7 +60,7 @@ def job(teacher: torch.nn.Module, student: str, splits: data.Splits, epochs: int
 
 
 def run_case(case: str, args: argparse.Namespace) -> list[str]:
-    full = data.Splits(*load_case_data(case, 0, 0))  # the teachers were trained under all training images' statistics
+    full = load_case_data(case, 0, 0)  # the teachers were trained under all training images' statistics
     splits = data.Splits(full.train.subset(args.train_samples, 0), full.val, full.normalization)
     teacher = teacher_for(case, full).eval()
     teacher_top1 = top1(teacher, splits.val, splits.normalization)
