@@ -2,8 +2,10 @@
 
 Honest selection: the training split is cut once (seeded) into what the trials
 train on and a held-out part they are scored on. The validation split is
-never seen by the search; the chosen trial's student is scored on it once
-afterwards, like any job's (the caller does that).
+never seen by the search. What a search finds is values: ``with_values(job,
+result.best.params)`` is the job to train on the whole split for the full
+budget (trials may be shorter, ``trial_epochs``); the service ships that run's
+student, scored on the validation split once like any job's.
 
 With a ``folder``, the study lives in an Optuna journal file there and each
 new best trial's weights beside it, so a search stopped mid-way (a server
@@ -58,6 +60,7 @@ class SearchConfig:
     trials: int = 10  # finished trials wanted, those before a restart included
     held_out_fraction: float = 0.2  # of the training split, scored and never trained on
     seed: int = 0  # the held-out cut and the sampler
+    trial_epochs: int = 0  # each trial's epochs; 0: the job's
 
     def __post_init__(self) -> None:
         if not self.parameters:
@@ -66,6 +69,8 @@ class SearchConfig:
             raise SearchError("trials must be 1..1000")
         if not 0.01 <= self.held_out_fraction <= 0.5:
             raise SearchError("held_out_fraction must be in [0.01, 0.5]")
+        if not 0 <= self.trial_epochs <= 10_000:
+            raise SearchError("trial_epochs must be 0..10000 (0: the job's epochs)")
         for p in self.parameters:
             if not (math.isfinite(p.low) and math.isfinite(p.high) and p.low < p.high) or (p.log and p.low <= 0):
                 raise SearchError(f"{p.name}: need low < high (and low > 0 on a log scale), got {p.low:g}..{p.high:g}")
@@ -150,6 +155,8 @@ def run(
     check(job.methods, config.parameters)
     fit, held_out = split_held_out(job.data.train, config.held_out_fraction, config.seed)
     splits = Splits(fit, held_out, job.data.normalization)
+    if config.trial_epochs:
+        job = replace(job, training=replace(job.training, epochs=config.trial_epochs))
     storage = None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

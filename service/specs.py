@@ -221,7 +221,7 @@ def _search_plan(spec: pb.JobSpec, methods: list[losses.MethodConfig], seed: int
     if len({p.name for p in parameters}) != len(parameters):
         raise InvalidArgument("search.parameters: each name once")
     try:
-        config = search.SearchConfig(parameters, s.trials or 10, s.held_out_fraction or 0.2, seed)
+        config = search.SearchConfig(parameters, s.trials or 10, s.held_out_fraction or 0.2, seed, s.trial_epochs)
         search.check(tuple(methods), parameters)
     except search.SearchError as e:
         raise InvalidArgument(f"search: {e}") from e

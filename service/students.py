@@ -173,10 +173,11 @@ def _engine_job(plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module
 def searched(
     ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module
 ) -> tuple[torch.nn.Module, pb.TrainingSummary, pb.SearchSummary]:
-    """The search's trials (each from ``student``'s initial weights), then its best trial's student.
+    """The search's trials (each from ``student``'s initial weights), then ``student`` trained with the chosen values
+    on the whole training split for the job's epochs: the shipped student.
 
-    Finished trials live in the workdir: a restarted job goes on from them. A stop (the server draining) ends the
-    trial that was running; it runs again after the restart.
+    Finished trials live in the workdir: a restarted job goes on from them (a stop, the server draining, ends the
+    trial that was running; it runs again after the restart), and the final run resumes from its checkpoint.
     """
     assert plan.search is not None
     config = plan.search
@@ -188,15 +189,23 @@ def searched(
         ctx.stage("distil", f"search trial {trial.number} ({values}): {score}{leader}")
 
     ctx.stage("distil", f"search: {config.trials} trials of {', '.join(p.name for p in config.parameters)}")
-    result = search.run(_engine_job(plan, inputs, student), config, ctx.workdir / "search", on_trial=heard)
+    job = _engine_job(plan, inputs, student)
+    result = search.run(job, config, ctx.workdir / "search", on_trial=heard)  # trials train copies of ``student``
     summary = pb.SearchSummary(chosen_trial=result.best.number, train_samples=result.train_samples,
                                held_out_samples=result.held_out_samples)
     for t in result.trials:
         summary.trials.add(number=t.number, params=t.params, held_out_top1=t.held_out_top1 or 0.0, seconds=t.seconds,
                            state=t.state, note=t.note)
+    chosen = ", ".join(f"{k}={v:.4g}" for k, v in result.best.params.items())
     summary.reason = (f"trial {result.best.number} has the best top-1 on the {result.held_out_samples} held-out "
-                      f"training images ({result.best.held_out_top1:.2f}); the validation split scored only its student")
-    return result.student, convert.training_summary(result.training), summary
+                      f"training images ({result.best.held_out_top1:.2f}); its values ({chosen}) then trained the "
+                      f"shipped student on the whole training split for {plan.training.epochs} epochs, and only that "
+                      "student met the validation split")
+    ctx.stage("distil", f"the chosen values ({chosen}) train the student on the whole training split")
+    with ctx.stop.at_step_boundaries():  # this run checkpoints and resumes like any job's
+        outcome = engine.run(search.with_values(job, result.best.params), **ctx.training_callbacks(),
+                             resume_from=ctx.resume(plan.training.device), stop_requested=ctx.stop, on_stage=ctx.stage)
+    return outcome.student, convert.training_summary(outcome.training), summary
 
 
 def distil_on_ranks(

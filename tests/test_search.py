@@ -67,7 +67,7 @@ def test_a_trial_sets_the_values_where_they_belong_and_unknown_names_are_refused
 
 
 @pytest.mark.slow
-def test_a_search_job_reports_its_trials_and_ships_the_chosen_student(
+def test_a_search_job_reports_its_trials_and_trains_the_chosen_values_on_the_whole_split(
     client: Client, teacher_model: pb.Model, tmp_path: Path
 ) -> None:
     spec = tiny_spec(teacher_model.id)
@@ -83,9 +83,11 @@ def test_a_search_job_reports_its_trials_and_ships_the_chosen_student(
     s = report.search
     assert [t.number for t in s.trials] == [0, 1] and all(t.state == "complete" for t in s.trials)
     assert s.chosen_trial == max(s.trials, key=lambda t: t.held_out_top1).number
-    assert (s.train_samples, s.held_out_samples) == (600, 200)  # of the 800 training images
-    assert report.training.train_samples == 600
-    # The validation split scored the chosen student once; the search never saw it.
+    assert (s.train_samples, s.held_out_samples) == (600, 200)  # trials: of the 800 training images
+    # The chosen values then trained the shipped student on all 800, scored once on the validation split.
+    chosen = next(t for t in s.trials if t.number == s.chosen_trial)
+    assert report.training.train_samples == 800
+    assert f"T={chosen.params['kd.temperature']:g}" in report.training.method
     assert report.variants[1].accuracy.samples == TINY_DATA["val_size"]
     markdown = client.download(job.id, "report.md", tmp_path / "report.md").read_text()
     assert "## Search" in markdown and "scored on the 200 held out" in markdown

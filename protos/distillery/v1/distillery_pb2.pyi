@@ -204,14 +204,16 @@ class JobSpec(_message.Message):
     def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ..., benchmark_only: _Optional[_Union[BenchmarkOnlySpec, _Mapping]] = ..., distributed: _Optional[_Union[DistributedSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("parameters", "trials", "held_out_fraction")
+    __slots__ = ("parameters", "trials", "held_out_fraction", "trial_epochs")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     HELD_OUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     parameters: _containers.RepeatedCompositeFieldContainer[SearchParameter]
     trials: int
     held_out_fraction: float
-    def __init__(self, parameters: _Optional[_Iterable[_Union[SearchParameter, _Mapping]]] = ..., trials: _Optional[int] = ..., held_out_fraction: _Optional[float] = ...) -> None: ...
+    trial_epochs: int
+    def __init__(self, parameters: _Optional[_Iterable[_Union[SearchParameter, _Mapping]]] = ..., trials: _Optional[int] = ..., held_out_fraction: _Optional[float] = ..., trial_epochs: _Optional[int] = ...) -> None: ...
 
 class SearchParameter(_message.Message):
     __slots__ = ("name", "low", "high", "log")
