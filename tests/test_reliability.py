@@ -46,8 +46,11 @@ def long_spec(teacher_id: str, checkpoint_every: int = 20) -> pb.JobSpec:
 
 
 def quick_spec(teacher_id: str) -> pb.JobSpec:
+    """A whole job at its quickest: one epoch, the FP32 file only, timed at batch 1 (for what surrounds a job)."""
     spec = tiny_spec(teacher_id)
+    spec.training.epochs = 1
     spec.export.int8 = spec.export.fp16 = False
+    spec.benchmark.batch_sizes[:] = [1]
     return spec
 
 
@@ -370,6 +373,7 @@ def test_a_job_failing_after_training_keeps_its_student_and_is_retried_from_ther
 ) -> None:
     """Issue 21: an export that fails must not throw away the trained student, and a retry must not train again."""
     spec = tiny_spec(teacher_model.id) if kind == "kd" else learning_data_free_spec(teacher_model.id)
+    spec.export.int8 = spec.export.fp16 = False  # what is retried is the export of the FP32 file; variants add time
     job = client.create_job(spec)
     # A directory where the exporter writes student.onnx: the disk refuses the export, as a full one would.
     blocker = server[1] / "tmp" / job.id / "student.onnx"

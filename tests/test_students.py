@@ -122,7 +122,7 @@ def test_student_auto_times_its_candidates_and_trains_the_largest_that_fits(
     report = client.report(job.id)
     pick = report.student_pick
     assert [c.architecture for c in pick.candidates] == candidates
-    assert all(c.fits and c.p50_ms > 0 and c.parameters > 0 and c.macs > 0 for c in pick.candidates)
+    assert all(c.fits and c.p50_ms > 0 and c.parameters > 0 and c.macs > 0 for c in pick.candidates), pick
     largest = max(pick.candidates, key=lambda c: c.parameters).architecture
     assert largest == "shallow_cnn" and pick.chosen == largest and report.student.architecture == largest
     assert pick.budget == "p50 <= 100000 ms at batch 1 in onnxruntime" and largest in pick.reason
