@@ -19,7 +19,7 @@ imports and calls whatever the file names, which is arbitrary code.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +159,6 @@ def start_from(model: nn.Module, weights: dict[str, torch.Tensor]) -> Pretrained
     """Load pretrained ``weights`` into a freshly built ``model``, strictly but for the two differences a new task
     brings: a head for another class count (re-initialised) and a first convolution for another channel count
     (adapted by timm's ``adapt_input_conv``). Anything else that differs is a ModelFileError naming it."""
-    from timm.models import adapt_input_conv
-
     own = model.state_dict()
     # Converted checkpoints often lack BatchNorm's step counter; it is a counter, not a weight.
     missing = sorted(k for k in own.keys() - weights.keys() if not k.endswith("num_batches_tracked"))
@@ -180,7 +178,7 @@ def start_from(model: nn.Module, weights: dict[str, torch.Tensor]) -> Pretrained
             taken[name] = tensor
         elif name in head:
             reinitialised.append(name)
-        elif name == first_conv and (summed := _adapted_input_conv(adapt_input_conv, tensor, target)) is not None:
+        elif name == first_conv and (summed := _adapted_input_conv(tensor, target)) is not None:
             taken[name] = summed
             adapted.append(name)
         else:
@@ -190,12 +188,14 @@ def start_from(model: nn.Module, weights: dict[str, torch.Tensor]) -> Pretrained
     return PretrainedStart(len(taken) - len(adapted), sorted(reinitialised), sorted(adapted))
 
 
-def _adapted_input_conv(adapt: Callable[..., torch.Tensor], weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+def _adapted_input_conv(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     """``weight`` adapted to ``target``'s input channels, or None where timm has no rule for it (1 -> 3 channels)."""
+    from timm.models import adapt_input_conv  # timm is imported only where a start needs it
+
     if weight.ndim != 4 or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
         return None
     try:
-        summed = adapt(target.shape[1], weight.float())
+        summed = adapt_input_conv(target.shape[1], weight.float())
     except NotImplementedError:
         return None
     return summed if summed.shape == target.shape else None

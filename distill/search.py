@@ -7,20 +7,18 @@ result.best.params)`` is the job to train on the whole split for the full
 budget (trials may be shorter, ``trial_epochs``); the service ships that run's
 student, scored on the validation split once like any job's.
 
-With a ``folder``, the study lives in an Optuna journal file there and each
-new best trial's weights beside it, so a search stopped mid-way (a server
-restart) goes on from its finished trials: a trial that was running is
-marked failed and run again under a new number.
+With a ``folder``, the study lives in an Optuna journal file there, so a
+search stopped mid-way (a server restart) goes on from its finished trials:
+a trial that was running is marked failed and run again under a new number.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -29,7 +27,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from torch import nn
 
-from distill import engine, models
+from distill import engine
 from distill.data import ImageData, Splits
 from distill.loop import TrainingDivergedError
 from distill.losses import MethodConfig, method
@@ -38,7 +36,6 @@ from distill.streaming import ImageFiles
 # What a search may tune: a method's parameter as "method.parameter" (kd.temperature, dkd.beta, ...), or these.
 TRAINING_PARAMETERS = {"training.learning_rate": (1e-5, 10.0), "training.weight_decay": (0.0, 1.0)}
 _STUDY = "search"
-_BEST = "best-student.pt"
 _STOPPED = "stopped by a restart; run again"
 
 
@@ -86,14 +83,12 @@ class Trial:
     note: str = ""  # why it failed
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchResult:
     trials: list[Trial]
-    best: Trial
-    held_out_samples: int
-    student: nn.Module  # the best trial's, trained on the rest of the training split, in eval mode
-    training: engine.TrainingSummary  # the best trial's
-    train_samples: int = field(default=0)  # what each trial trained on
+    best: Trial  # its values are what the search found: ``with_values(job, best.params)`` is the job to train
+    train_samples: int  # what each trial trained on
+    held_out_samples: int  # what each trial was scored on
 
 
 def check(methods: tuple[MethodConfig, ...], parameters: tuple[Parameter, ...]) -> None:
@@ -168,8 +163,6 @@ def run(
         study._storage.set_trial_user_attr(stale._trial_id, "note", _STOPPED)
         study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
 
-    best: Trial | None = _best(study)
-    best_student = _load_best(job, folder) if best is not None and folder is not None else None
     while _finished(study) < config.trials:
         trial = study.ask()
         values = {p.name: trial.suggest_float(p.name, p.low, p.high, log=p.log) for p in config.parameters}
@@ -181,24 +174,18 @@ def run(
             trial.set_user_attr("note", str(e))
             trial.set_user_attr("seconds", time.perf_counter() - started)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            ended = Trial(trial.number, values, None, time.perf_counter() - started, "failed", str(e))
         else:
             assert outcome.evaluation is not None
-            score = outcome.evaluation.student.top1
-            trial.set_user_attr("training", dataclasses.asdict(outcome.training))
             trial.set_user_attr("seconds", time.perf_counter() - started)
-            study.tell(trial, score)
-            ended = Trial(trial.number, values, score, time.perf_counter() - started, "complete")
-            if best is None or score > (best.held_out_top1 or 0.0):
-                best, best_student = ended, outcome.student
-                if folder is not None:  # saved before the next trial: a restart keeps the best so far
-                    torch.save(outcome.student.state_dict(), folder / _BEST)
+            study.tell(trial, outcome.evaluation.student.top1)
         if on_trial:
-            on_trial(ended, best)
-    if best is None or best_student is None:
+            trials = _trials(study)
+            on_trial(trials[-1], _best(trials))
+    trials = _trials(study)
+    best = _best(trials)
+    if best is None:
         raise SearchError(f"every one of the {config.trials} trials failed (diverged); narrow the ranges")
-    summary = engine.TrainingSummary(**study.trials[best.number].user_attrs["training"])
-    return SearchResult(_trials(study), best, len(held_out), best_student.eval(), summary, len(fit))
+    return SearchResult(trials, best, len(fit), len(held_out))
 
 
 def _finished(study: optuna.Study) -> int:
@@ -216,17 +203,7 @@ def _trials(study: optuna.Study) -> list[Trial]:
     return out
 
 
-def _best(study: optuna.Study) -> Trial | None:
-    complete = [t for t in _trials(study) if t.state == "complete"]
+def _best(trials: list[Trial]) -> Trial | None:
+    """The complete trial with the best held-out top-1 (the earliest of equals)."""
+    complete = [t for t in trials if t.state == "complete"]
     return max(complete, key=lambda t: t.held_out_top1 or 0.0) if complete else None
-
-
-def _load_best(job: engine.Job, folder: Path) -> nn.Module:
-    """The best trial's student from before a restart: built as the trials build it, with its saved weights."""
-    assert job.data is not None
-    student = copy.deepcopy(job.student) if isinstance(job.student, nn.Module) else None
-    if student is None:
-        shape = job.data.train.input_shape
-        student = models.build(str(job.student), len(job.data.train.classes), shape[0], shape[1])
-    student.load_state_dict(torch.load(folder / _BEST, map_location="cpu", weights_only=True))
-    return student.to(job.training.device)
