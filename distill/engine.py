@@ -45,7 +45,7 @@ class Job:
     data_free: DataFreeConfig | None = None  # set: no training data is used, a generator makes the inputs
     input_shape: tuple[int, int, int] | None = None  # the teacher's input (C, H, W); from the data when it has some
     normalization: Normalization | None = None  # the teacher's input convention if known; None: found from the data
-    teacher_exposes_modules: bool = True  # False for compiled teachers (TorchScript, .pt2, ONNX): no feature methods
+    teacher_exposes_modules: bool = True  # False for graph teachers (.pt2, ONNX): no feature methods
     evaluate: bool = True  # score teacher and student on data.val at the end
 
     def __post_init__(self) -> None:

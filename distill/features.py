@@ -1,17 +1,20 @@
-"""Feature taps: intermediate outputs taken with forward hooks by module path.
+"""Feature taps: intermediate outputs taken by module path.
 
 No model's ``forward`` is edited, so any registry model distils with feature
-methods. Stages of teacher and student are paired by spatial size when the
-job names no layers.
+methods: eager modules are tapped with forward hooks, TorchScript modules
+(which take none) through a copy of their graph (``script_taps``). Stages of
+teacher and student are paired by spatial size when the job names no layers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from distill.script_taps import ScriptTapError, ScriptTaps
 
 
 class FeatureError(ValueError):
@@ -31,15 +34,26 @@ INPUT_SUFFIX = ":input"
 
 
 @contextmanager
-def tap(model: nn.Module, paths: Iterable[str], store: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
-    """While open, every forward of ``model`` writes the outputs of ``paths`` into ``store``.
+def tap(
+    model: nn.Module, paths: Iterable[str], store: dict[str, torch.Tensor]
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """While open, the function it gives runs ``model`` and writes the outputs of ``paths`` into ``store``.
 
     A path ending in ":input" takes the module's input instead (e.g. the
-    embedding that enters the classifier).
+    embedding that enters the classifier). An eager module is hooked and runs
+    as itself.
     """
     keys = list(dict.fromkeys(paths))
     if keys and isinstance(model, torch.jit.ScriptModule):
-        raise FeatureError("TorchScript modules take no forward hooks")
+        taps = _script_taps(model, keys)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            logits, tapped = taps(x)
+            store.update(tapped)
+            return logits
+
+        yield run
+        return
     handles = []
     for key in keys:
         path, wants_input = key.removesuffix(INPUT_SUFFIX), key.endswith(INPUT_SUFFIX)
@@ -49,16 +63,25 @@ def tap(model: nn.Module, paths: Iterable[str], store: dict[str, torch.Tensor]) 
 
         handles.append(module_by_path(model, path).register_forward_hook(hook))
     try:
-        yield store
+        yield model
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _probe(model: nn.Module, input_shape: tuple[int, int, int]) -> None:
-    """One forward of a zero image, on whatever device the model lives."""
+def _script_taps(model: torch.jit.ScriptModule, keys: list[str], skip_untappable: bool = False) -> ScriptTaps:
+    for key in keys:
+        module_by_path(model, key.removesuffix(INPUT_SUFFIX))
+    try:
+        return ScriptTaps(model, keys, INPUT_SUFFIX, skip_untappable)
+    except ScriptTapError as e:
+        raise FeatureError(str(e)) from e
+
+
+def _probe(run: Callable[[torch.Tensor], object], model: nn.Module, input_shape: tuple[int, int, int]) -> object:
+    """``run`` (the model, or what runs it) on a zero image, on whatever device the model lives."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model(torch.zeros(1, *input_shape, device=device))
+    return run(torch.zeros(1, *input_shape, device=device))
 
 
 def stage_outputs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, tuple[int, int, int]]]:
@@ -69,6 +92,8 @@ def stage_outputs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[t
     stage's Sequential wins over its last block. 1x1 maps (pooled vectors)
     carry no spatial information and are left out.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        return _stages(_script_outputs(model, input_shape))
     seen: list[tuple[str, tuple[int, int, int]]] = []
     handles = []
     for path, module in model.named_modules():
@@ -84,11 +109,29 @@ def stage_outputs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[t
     try:
         model.eval()
         with torch.inference_mode():
-            _probe(model, input_shape)
+            _probe(model, model, input_shape)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
+    return _stages(seen)
+
+
+def _script_outputs(model: torch.jit.ScriptModule, input_shape: tuple[int, int, int]) -> list[tuple[str, tuple[int, int, int]]]:
+    """What hooks on every module would see, in the order they would fire (a container after its last child)."""
+    taps = _script_taps(model, [path for path, _ in model.named_modules() if path], skip_untappable=True)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            _, outputs = _probe(taps, model, input_shape)
+    finally:
+        model.train(was_training)
+    order = sorted(taps.keys, key=lambda path: (taps.positions[path], -path.count(".")))
+    return [(path, tuple(outputs[path].shape[1:])) for path in order if outputs[path].ndim == 4]
+
+
+def _stages(seen: list[tuple[str, tuple[int, int, int]]]) -> list[tuple[str, tuple[int, int, int]]]:
     last_by_size: dict[tuple[int, int], tuple[str, tuple[int, int, int]]] = {}
     for path, shape in seen:
         last_by_size[shape[1:]] = (path, shape)  # later wins
@@ -117,8 +160,8 @@ def output_shape(model: nn.Module, path: str, input_shape: tuple[int, int, int])
     was_training = model.training
     model.eval()
     try:
-        with tap(model, [path], store), torch.inference_mode():
-            _probe(model, input_shape)
+        with tap(model, [path], store) as run, torch.inference_mode():
+            _probe(run, model, input_shape)
     finally:
         model.train(was_training)
     return tuple(store[path].shape[1:])
@@ -126,7 +169,7 @@ def output_shape(model: nn.Module, path: str, input_shape: tuple[int, int, int])
 
 def embedding(model: nn.Module) -> str:
     """Tap key of the embedding: the input of the last Linear layer (the classifier)."""
-    linears = [path for path, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [path for path, m in model.named_modules() if isinstance(m, nn.Linear) or getattr(m, "original_name", "") == "Linear"]
     if not linears:
         raise FeatureError(f"{type(model).__name__} has no Linear classifier")
     return linears[-1] + INPUT_SUFFIX

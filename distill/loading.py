@@ -37,7 +37,8 @@ from distill.model_checks import (
 
 WEIGHTS = (STATE_DICT, SAFETENSORS)  # tensors only: an architecture name makes them a module
 FORMATS = (TORCHSCRIPT, EXPORTED_PROGRAM, *WEIGHTS)
-__all__ = ["EXPORTED_PROGRAM", "FORMATS", "SAFETENSORS", "STATE_DICT", "TORCHSCRIPT", "WEIGHTS", "ModelFileError",
+LAYERED = (TORCHSCRIPT, *WEIGHTS)  # their layers are submodules a feature tap reaches by path (features.tap)
+__all__ = ["EXPORTED_PROGRAM", "FORMATS", "LAYERED", "SAFETENSORS", "STATE_DICT", "TORCHSCRIPT", "WEIGHTS", "ModelFileError",
            "PretrainedStart", "Teacher", "load_teacher", "read_weights", "start_from"]
 
 

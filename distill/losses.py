@@ -3,7 +3,7 @@
 Each method is one ``Loss`` subclass in its own file under ``distill/methods``,
 registered by name. The class says everything the rest of the system needs:
 its parameters with defaults and bounds (spec validation reads them), what it
-needs (teacher, labels, the teacher's internals, a second view), its
+needs (teacher, labels, the teacher's layers, a second view), its
 layer-pair rule, and how to build itself for a teacher and student. It reads
 what a training step produced (``Step``: logits, labels, tapped features) and
 may own learned adapters, which train with the student and are dropped
@@ -80,7 +80,7 @@ class Loss(nn.Module):
     params: ClassVar[dict[str, Param]] = {}
     needs_teacher: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
-    needs_teacher_features: ClassVar[bool] = False  # the teacher's internals: a state_dict teacher only
+    needs_teacher_features: ClassVar[bool] = False  # the teacher's layers: a weights or TorchScript teacher
     layer_pairs: ClassVar[tuple[int, float]] = (0, 0)  # how many named layer pairs it takes (none: pair automatically)
     views = 1  # 2: the student also sees a second distortion of each batch
     pretrain_epochs = 0
@@ -240,8 +240,8 @@ class WeightedLoss(nn.Module):
 
 
 FEATURES_NEED_MODULES = (
-    "needs the teacher's internals: upload it as a state_dict with a registry architecture; "
-    "TorchScript, torch.export and ONNX teachers distil with logit methods only"
+    "needs the teacher's layers: upload it as TorchScript, or as weights with a registry or timm architecture; "
+    "torch.export and ONNX teachers distil with logit methods only"
 )
 
 
@@ -272,7 +272,7 @@ def method_table() -> str:
         needs = [
             *(["teacher"] if cls.needs_teacher else []),
             *(["labels"] if cls.needs_labels else []),
-            *(["the teacher's internals (state_dict teacher)"] if cls.needs_teacher_features else []),
+            *(["the teacher's layers (a weights or TorchScript teacher)"] if cls.needs_teacher_features else []),
             *(["two views of each batch"] if cls.views == 2 else []),
         ]
         low, high = cls.layer_pairs

@@ -218,21 +218,21 @@ def distil(
 
     student_store: dict[str, torch.Tensor] = {}
     teacher_store: dict[str, torch.Tensor] = {}
-    learner = distributed.wrap(
-        _Learner(student, loss_fn, teacher, student_store, teacher_store),
-        device,
-        # Stage one (hints, flow) leaves the student's head and the other terms' adapters idle.
-        find_unused_parameters=loss_fn.pretrain_epochs > 0 or any(True for _ in loss_fn.parameters()),
-    )
     indexed = not isinstance(train, WebDatasetShards)
     visits = torch.zeros(len(train), dtype=torch.int32) if indexed else None
     if visits is not None and step and ranks.rank == 0:  # the steps before the checkpoint, counted once over all ranks
         visits += _visits_before(step, len(train), config.batch_size, config.seed)
     samples_seen = len(train) * (step // steps_per_epoch) + (step % steps_per_epoch) * config.batch_size  # before a resume
     epoch_loss, final_loss = 0.0, math.nan
-    with features.tap(student, student_layers, student_store), (
-        features.tap(teacher, teacher_layers, teacher_store) if teacher_layers else nullcontext()
-    ):
+    with features.tap(student, student_layers, student_store) as run_student, (
+        features.tap(teacher, teacher_layers, teacher_store) if teacher_layers else nullcontext(teacher)
+    ) as run_teacher:
+        learner = distributed.wrap(
+            _Learner(student, run_student, loss_fn, run_teacher, student_store, teacher_store),
+            device,
+            # Stage one (hints, flow) leaves the student's head and the other terms' adapters idle.
+            find_unused_parameters=loss_fn.pretrain_epochs > 0 or any(True for _ in loss_fn.parameters()),
+        )
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
             pretraining = step < pretrain_steps
@@ -325,13 +325,15 @@ def _epoch_batches(train: Split, epoch: int, offset: int, config: TrainConfig, r
 class _Learner(nn.Module):
     """What trains, the student and the loss terms' adapters, as one module: DDP averages all their gradients.
 
-    Its forward is one batch's loss. The teacher and the feature stores sit in
-    a tuple, unregistered, so DDP neither broadcasts nor syncs the teacher.
+    Its forward is one batch's loss. The teacher, what runs the models with
+    their taps (features.tap) and the feature stores sit in a tuple,
+    unregistered, so DDP neither broadcasts nor syncs the teacher.
     """
 
     def __init__(
         self,
         student: nn.Module,
+        run_student: Callable[[torch.Tensor], torch.Tensor],
         loss_fn: WeightedLoss,
         teacher: Callable[[torch.Tensor], torch.Tensor] | None,
         student_store: dict[str, torch.Tensor],
@@ -339,18 +341,18 @@ class _Learner(nn.Module):
     ) -> None:
         super().__init__()
         self.student, self.loss_fn = student, loss_fn
-        self.frozen = (teacher, student_store, teacher_store)
+        self.frozen = (run_student, teacher, student_store, teacher_store)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, cached_teacher_logits: torch.Tensor | None, pretraining: bool
     ) -> torch.Tensor:
-        teacher, student_store, teacher_store = self.frozen
-        batch = _forward(self.student, teacher, self.loss_fn, x, y, cached_teacher_logits, student_store, teacher_store)
+        run_student, teacher, student_store, teacher_store = self.frozen
+        batch = _forward(run_student, teacher, self.loss_fn, x, y, cached_teacher_logits, student_store, teacher_store)
         return self.loss_fn(batch, pretraining=pretraining)
 
 
 def _forward(
-    student: nn.Module,
+    student: Callable[[torch.Tensor], torch.Tensor],
     teacher: Callable[[torch.Tensor], torch.Tensor] | None,
     loss_fn: WeightedLoss,
     x: torch.Tensor,

@@ -26,6 +26,7 @@ FORMAT_BY_NAME = {
 }
 NAME_BY_FORMAT = {v: k for k, v in FORMAT_BY_NAME.items()}
 WEIGHTS_FORMATS = tuple(FORMAT_BY_NAME[name] for name in loading.WEIGHTS)  # need an architecture name
+LAYERED_FORMATS = tuple(FORMAT_BY_NAME[name] for name in loading.LAYERED)  # teachers for feature methods
 
 
 def archive_limits(max_upload_bytes: int) -> ArchiveLimits:

@@ -204,7 +204,7 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
                 raise InvalidArgument(f"student.model_id {own.id} is {pb.ModelFormat.Name(own.format)}; a student to "
                                       "train is a TorchScript module (torch.jit.save(torch.jit.script(model)))")
         for method in plan.methods:
-            if method.uses_features and teacher.format not in model_formats.WEIGHTS_FORMATS:
+            if method.uses_features and teacher.format not in model_formats.LAYERED_FORMATS:
                 raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")
         try:
             job, created = await self.store.create_job(

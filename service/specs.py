@@ -308,9 +308,6 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         methods = [_method(i, term) for i, term in enumerate(spec.losses or default_kd)]
 
     _check_augmentation(spec, training, methods, data_free is not None)
-    if own and any(m.uses_features for m in methods):
-        raise InvalidArgument("a TorchScript student (student.model_id) takes no forward hooks: use logit methods "
-                              "(kd, dkd, cross_entropy), or upload weights for a registry or timm architecture")
     if own and spec.HasField("distributed"):
         raise InvalidArgument("a TorchScript student (student.model_id) trains in one process: drop distributed")
     searched = _search_plan(spec, methods, t.seed) if spec.HasField("search") else None

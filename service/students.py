@@ -16,7 +16,7 @@ from torchvision.utils import save_image
 
 from distill import distributed, engine, loading, models, search
 from distill.datafree import DataFreeResult, Generator, check_generator
-from distill.loading import WEIGHTS, ModelFileError
+from distill.loading import LAYERED, ModelFileError
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import convert, model_formats, ranks, specs
 from service.job_context import JobContext, save_atomically
@@ -165,7 +165,7 @@ def _engine_job(plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module
         data_free=plan.data_free.config if plan.data_free else None,
         input_shape=inputs.input_shape,
         normalization=splits.normalization if splits else None,  # found when the teacher was loaded
-        teacher_exposes_modules=inputs.teacher.format in WEIGHTS,
+        teacher_exposes_modules=inputs.teacher.format in LAYERED,
         evaluate=False,  # the evaluate stage scores every variant, in every runtime
     )
 

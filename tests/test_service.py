@@ -320,7 +320,7 @@ def test_onnx_teacher_distils_with_kd_only(client: Client, tiny_teacher: torch.n
     spec = tiny_spec(model.id)
     spec.losses.add(attention=pb.AttentionTransfer())
     err = rpc_error(client.create_job, spec)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs the teacher's internals" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs the teacher's layers" in err.details()
 
     spec = tiny_spec(model.id)
     spec.training.epochs = 1

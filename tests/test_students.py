@@ -155,22 +155,26 @@ def test_student_auto_times_its_candidates_and_trains_the_largest_that_fits(
 
 @pytest.mark.slow
 def test_your_own_torchscript_student_is_trained_in_place_and_shipped(
-    client: Client, teacher_model: pb.Model, tmp_path: Path
+    client: Client, teacher_model: pb.Model, tiny_teacher: torch.nn.Module, tmp_path: Path
 ) -> None:
     torch.manual_seed(2)
     mine = models.build("cnn_bn_8", TINY_DATA["num_classes"], TINY_DATA["channels"]).eval()
     torch.jit.save(torch.jit.script(mine), tmp_path / "mine.ts")
     uploaded = client.upload(tmp_path / "mine.ts")
-    spec = tiny_spec(teacher_model.id)
+    torch.jit.save(torch.jit.script(tiny_teacher), tmp_path / "teacher.ts")  # its layers are tapped the same way
+    spec = tiny_spec(client.upload(tmp_path / "teacher.ts").id)
     spec.export.MergeFrom(pb.ExportSpec(int8=False, fp16=False))
     spec.benchmark.batch_sizes[:] = [1]
     spec.student.Clear()
     spec.student.model_id = uploaded.id
+    spec.losses.add().kd.SetInParent()
+    spec.losses.add().attention.SetInParent()  # a feature method: the module's layers are tapped through its graph
     job = client.wait(client.create_job(spec).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message
     assert {"bundle.zip", "student.onnx", "student.pt"} <= {a.name for a in job.artifacts}
     report = client.report(job.id)
     assert report.student.architecture == f"TorchScript {uploaded.id}"
+    assert "attention(" in report.training.method and "kd(" in report.training.method
     student = next(v for v in report.variants if v.model == "student" and v.runtime == "onnxruntime")
     assert student.accuracy.top1 > 60  # 4 classes: it learnt (chance is 25%)
     trained = torch.load(client.download(job.id, "student.pt", tmp_path / "student.pt"), weights_only=True)
@@ -178,9 +182,6 @@ def test_your_own_torchscript_student_is_trained_in_place_and_shipped(
     start = mine.state_dict()
     assert any(not torch.equal(start[k], trained["state_dict"][k]) for k in start)  # trained, not just timed
 
-    spec.losses.add().attention.SetInParent()
-    assert "takes no forward hooks" in rpc_error(client.create_job, spec).details()
-    del spec.losses[:]
     spec.student.model_id = teacher_model.id  # a state_dict: weights, not a module
     error = rpc_error(client.create_job, spec)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "a student to train is a TorchScript module" in error.details()

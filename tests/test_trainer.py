@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from distill import data, loop, losses, methods, models, trainer
+from distill import data, features, loop, losses, methods, models, trainer
 from distill.losses import MethodConfig
 
 
@@ -59,10 +59,65 @@ def test_auto_pairing_and_adapters(tiny_teacher: torch.nn.Module) -> None:
 
 def test_feature_methods_refuse_opaque_teachers_and_bad_layers(tiny_teacher: torch.nn.Module) -> None:
     student = models.build("lenet5_half", 4, 1)
-    with pytest.raises(ValueError, match="needs the teacher's internals"):
+    with pytest.raises(ValueError, match="needs the teacher's layers"):
         losses.build_loss([MethodConfig("attention")], tiny_teacher, student, (1, 28, 28), teacher_exposes_modules=False)
     with pytest.raises(ValueError, match="no module 'nope'"):
         losses.build_loss([MethodConfig("attention", layers=(("nope", "pool"),))], tiny_teacher, student, (1, 28, 28))
+
+
+def _hooked(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What forward hooks on every module see: outputs, and inputs under "path:input"."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda _m, i, o, path=path: seen.update({path: o, path + ":input": i[0]}))
+        for path, module in model.named_modules() if path
+    ]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("architecture", ["resnet8_cifar", "mobilenet_v3_small", "cnn_bn_8"])
+def test_torchscript_modules_are_tapped_as_hooks_tap_eager_ones(architecture: str) -> None:
+    torch.manual_seed(0)
+    eager = models.build(architecture, 4, 3, 32).eval()
+    scripted = torch.jit.script(eager)
+    x = torch.randn(2, 3, 32, 32)
+    hooked = _hooked(eager, x)
+    keys = [k for k in hooked if isinstance(hooked[k], torch.Tensor)]
+    taps = features.ScriptTaps(scripted, keys, features.INPUT_SUFFIX, skip_untappable=True)
+    with torch.no_grad():
+        logits, tapped = taps(x)
+    assert torch.allclose(logits, eager(x), atol=1e-5)
+    assert len(tapped) > 0.9 * len(keys)  # the rest are identities (no op of their own) and calls under `if`
+    for key, value in tapped.items():
+        assert value.shape == hooked[key].shape and torch.allclose(value, hooked[key], atol=1e-4), key
+    assert features.stage_outputs(scripted, (3, 32, 32)) == features.stage_outputs(eager, (3, 32, 32))
+    assert features.embedding(scripted) == features.embedding(eager)
+    if architecture == "resnet8_cifar":  # an identity shortcut has no op of its own to tap
+        with pytest.raises(features.FeatureError, match="'layer1.0.shortcut' computes nothing of its own"):
+            features.output_shape(scripted, "layer1.0.shortcut", (3, 32, 32))
+
+
+def test_feature_methods_train_a_torchscript_student_against_a_torchscript_teacher(tiny_teacher: torch.nn.Module) -> None:
+    splits = _splits()
+    torch.manual_seed(3)
+    eager = models.build("cnn_bn_8", 4, 1)
+    student, teacher = torch.jit.script(eager.train()), torch.jit.script(tiny_teacher)
+    configs = [MethodConfig("fitnet", params={"hint_epochs": 2}), MethodConfig("attention"), MethodConfig("kd")]
+    loss = losses.build_loss(configs, teacher, student, splits.train.input_shape)
+    assert loss.terms[1].pairs == losses.build_loss(configs, tiny_teacher, eager, (1, 28, 28)).terms[1].pairs
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    seen: list[loop.Progress] = []
+    trainer.distil(student, teacher, loss, splits.train, splits.normalization,
+                   trainer.TrainConfig(epochs=4, batch_size=32), on_progress=seen.append)
+    for stage in (True, False):  # the hint stage, then the task: both learn through the taps
+        stage_losses = [p.loss for p in seen if p.pretraining == stage]
+        assert stage_losses[-1] < stage_losses[0], (stage, stage_losses)
+    trained = student.state_dict()
+    assert not torch.equal(trained["1.running_mean"], start["1.running_mean"])  # BatchNorm ran in train mode
 
 
 def test_resume_from_checkpoint_gives_the_same_student(tiny_teacher: torch.nn.Module) -> None:
