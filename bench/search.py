@@ -11,11 +11,13 @@ ResNet-20 teacher into ResNet-8), each on ``--train-samples`` training images
 1. the defaults (KD T=4, alpha 0.9, SGD 0.05, cosine) for ``--epochs``;
 2. the defaults for as many epochs as the search costs in all (its trials'
    epochs, on 80% of the images, plus its final run): equal total time;
-3. a search as the service runs it: ``--trials`` trials of
-   ``--trial-epochs`` over kd.temperature (1-20, log), kd.alpha (0.5-1) and
-   the learning rate (0.005-0.2, log), each trained on 80% of the training
-   images and scored on the other 20%; then the chosen values train the
-   student on all of them for ``--epochs``.
+3. a search as the service runs it, for each of ``--trial-epochs`` (short
+   trials, and trials as long as the final run): ``--trials`` trials over
+   kd.temperature (1-20, log), kd.alpha (0.5-1) and the learning rate
+   (0.005-0.2, log), each trained on 80% of the training images and scored
+   on the other 20% after every epoch (a trial below the median of the
+   earlier ones there is pruned); then the chosen values train the student
+   on all of them for ``--epochs``.
 
 Writes bench/results/search.md.
 """
@@ -65,24 +67,27 @@ def run_case(case: str, args: argparse.Namespace) -> list[str]:
     teacher = teacher_for(case, full).eval()
     teacher_top1 = top1(teacher, splits.val, splits.normalization)
     rows = []
-    equal_time = args.epochs + round(0.8 * args.trials * args.trial_epochs)
+    equal_time = args.epochs + round(0.8 * args.trials * args.trial_epochs[0])  # unpruned
     for label, epochs in ((f"defaults, {args.epochs} epochs (the final run's budget)", args.epochs),
                           (f"defaults, {equal_time} epochs (the search's total time)", equal_time)):
         started = time.perf_counter()
         outcome = engine.run(job(teacher, STUDENTS[case], splits, epochs))
         rows.append((label, top1(outcome.student, splits.val, splits.normalization), time.perf_counter() - started, ""))
         print(case, rows[-1], flush=True)
-    started = time.perf_counter()
     final = job(teacher, STUDENTS[case], splits, args.epochs)
-    with tempfile.TemporaryDirectory() as folder:
-        config = search.SearchConfig(SPACE, trials=args.trials, held_out_fraction=0.2, trial_epochs=args.trial_epochs)
-        result = search.run(final, config, Path(folder))
-    outcome = engine.run(search.with_values(final, result.best.params))  # what the service ships
-    chosen = ", ".join(f"{k.partition('.')[2]} {v:.3g}" for k, v in result.best.params.items())
-    rows.append((f"search, {args.trials} trials x {args.trial_epochs} epochs, then {args.epochs} epochs with the chosen values",
-                 top1(outcome.student, splits.val, splits.normalization), time.perf_counter() - started,
-                 f"trial {result.best.number}: {chosen} (held-out {result.best.held_out_top1:.2f})"))
-    print(case, rows[-1], flush=True)
+    for trial_epochs in args.trial_epochs:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as folder:
+            config = search.SearchConfig(SPACE, trials=args.trials, held_out_fraction=0.2, trial_epochs=trial_epochs)
+            result = search.run(final, config, Path(folder))
+        outcome = engine.run(search.with_values(final, result.best))  # what the service ships
+        chosen = ", ".join(f"{k.partition('.')[2]} {v:.3g}" for k, v in result.best.params.items())
+        pruned = sum(t.state == "pruned" for t in result.trials)
+        rows.append((f"search, {args.trials} trials x {trial_epochs} epochs ({pruned} pruned), then {args.epochs} "
+                     "epochs with the chosen values", top1(outcome.student, splits.val, splits.normalization),
+                     time.perf_counter() - started,
+                     f"trial {result.best.number}: {chosen} (held-out {result.best.held_out_top1:.2f})"))
+        print(case, rows[-1], flush=True)
     lines = [
         f"## {case}: KD {'lenet5 -> lenet5_half' if case == 'mnist' else 'resnet20_cifar -> resnet8_cifar'}, "
         f"{len(splits.train)} training images, teacher {teacher_top1:.2f}% on {len(splits.val)} test images",
@@ -99,7 +104,7 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=["mnist", "cifar10"], choices=sorted(STUDENTS))
     p.add_argument("--train-samples", type=int, default=5000)
     p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--trial-epochs", type=int, default=3)
+    p.add_argument("--trial-epochs", type=int, nargs="+", default=[3, 20], help="a search row for each")
     p.add_argument("--epochs", type=int, default=20, help="the final run's, and the defaults' first row")
     p.add_argument("--out", type=Path, default=RESULTS / "search.md")
     args = p.parse_args()

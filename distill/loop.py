@@ -35,6 +35,7 @@ class Progress:
     epoch: int
     loss: float  # mean over the steps since the previous report
     pretraining: bool = False  # in a method's first stage (hint / flow transfer)
+    epoch_end: bool = False  # the step that ended an epoch (a search scores the student there)
     message: str = ""  # worth telling people, e.g. what a data-free run did when the generator's classes vanished
 
 
@@ -128,6 +129,7 @@ class StepLoop:
         epoch: int = 0,
         pretraining: bool = False,
         boundary: bool = False,
+        epoch_end: bool = False,
     ) -> float:
         """Count the step done; returns its loss, the mean over ranks.
 
@@ -147,9 +149,9 @@ class StepLoop:
         self.window_loss += step_loss
         self.window_steps += 1
         now = time.perf_counter()
-        if self.on_progress and (now - self.last_report >= self.REPORT_EVERY_S or boundary or self.done):
+        if self.on_progress and (now - self.last_report >= self.REPORT_EVERY_S or boundary or epoch_end or self.done):
             self.reported_loss = self.window_loss / self.window_steps
-            self.on_progress(Progress(self.step, self.total_steps, epoch, self.reported_loss, pretraining))
+            self.on_progress(Progress(self.step, self.total_steps, epoch, self.reported_loss, pretraining, epoch_end=epoch_end))
             self.window_loss, self.window_steps, self.last_report = 0.0, 0, now
         if self.done:
             return step_loss  # finished: nothing left to resume

@@ -265,7 +265,8 @@ def distil(
                     },
                     epoch,
                     pretraining,
-                    boundary=(step + 1) % steps_per_epoch == 0 or step + 1 == pretrain_steps,
+                    boundary=step + 1 == pretrain_steps,
+                    epoch_end=(step + 1) % steps_per_epoch == 0,
                 )
                 step = loop.step
                 epoch_loss += step_loss

@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -75,11 +76,13 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
     """A JobSpec from a YAML/JSON file, then the flags on top of it."""
     spec = pb.JobSpec()
     if args.spec:
-        text = Path(args.spec).read_text()
-        try:
-            json_format.ParseDict(yaml.safe_load(text) or {}, spec)
-        except (json_format.ParseError, yaml.YAMLError) as e:
-            raise SystemExit(f"error: {args.spec} is not a valid job spec: {e}") from e
+        _read_into(spec, args.spec, "job spec")
+    if args.search:  # a search block of its own, e.g. one kept for several jobs
+        _read_into(spec.search, args.search, "search block (SearchSpec)")
+    elif args.search is not None and not spec.HasField("search"):
+        raise SystemExit(f"error: --search: {args.spec or 'the spec'} has no search block; give one: --search FILE")
+    if args.trials is not None:
+        spec.search.trials = args.trials
     if args.teacher:
         spec.teacher_model_id = args.teacher
     if args.student:
@@ -126,6 +129,13 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
         if value is not None:
             setattr(spec.distributed, field, value)
     return spec
+
+
+def _read_into(message: Any, path: str, what: str) -> None:
+    try:
+        json_format.ParseDict(yaml.safe_load(Path(path).read_text()) or {}, message)
+    except (json_format.ParseError, yaml.YAMLError) as e:
+        raise SystemExit(f"error: {path} is not a valid {what}: {e}") from e
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -301,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=int, help="distributed: nodes training together (submit to each node's server)")
     s.add_argument("--rendezvous-endpoint", metavar="HOST:PORT", help="distributed, several nodes: where they meet")
     s.add_argument("--run-id", help="distributed: nodes with the same id train together (default: from the spec)")
+    s.add_argument("--search", nargs="?", const="", metavar="FILE",
+                   help="a search job: the spec's search block, or the one in FILE (YAML or JSON, see README)")
+    s.add_argument("--trials", type=int, help="search: how many trials")
     s.add_argument("--request-id", help="idempotency key (default: random)")
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
     s.set_defaults(fn=cmd_submit)

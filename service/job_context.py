@@ -27,6 +27,7 @@ log = logging.getLogger("distillery.worker")
 STAGE_START = {
     "load_teacher": 0.0,
     "pick_student": 0.02,  # student.auto only
+    "search": 0.025,  # search jobs only: the trials (JobEvent.metrics has trial, trials, best_held_out_top1)
     "build_student": 0.03,
     "distil": 0.05,
     "evaluate": 0.80,
@@ -109,13 +110,14 @@ class JobContext:
 
     # ------------------------------------------------------------ events
 
-    def stage(self, name: str, message: str = "") -> None:
+    def stage(self, name: str, message: str = "", metrics: dict[str, float] | None = None) -> None:
         log.info("stage %s %s", name, message)
         self.current_stage = name
         release_freed_memory()
         if self.local_rank != 0:
             return
-        self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=STAGE_START[name], message=message))
+        self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=STAGE_START[name], message=message,
+                                                            metrics=metrics))
 
     def on_progress(self, p: Progress) -> None:
         span = STAGE_START["evaluate"] - STAGE_START["distil"]

@@ -278,17 +278,23 @@ def latency_rows(report: pb.Report) -> list[list[str]]:
 
 
 def search_line(s: pb.SearchSummary) -> str:
-    return (f"{len(s.trials)} trials, each trained on {s.train_samples} training images and scored on the "
-            f"{s.held_out_samples} held out; {s.reason}")
+    objectives = f"two objectives, held-out top-1 and {s.latency}" if s.latency else "one objective, held-out top-1"
+    return (f"{len(s.trials)} trials ({objectives}), each trained on {s.train_samples} training images and scored on "
+            f"the {s.held_out_samples} held out; {s.reason}")
 
 
 def search_rows(s: pb.SearchSummary) -> list[list[str]]:
+    choices = sorted({name for t in s.trials for name in t.choices})
     names = sorted({name for t in s.trials for name in t.params})
-    rows = [["trial", *names, "held-out top-1", "time", "state"]]
+    latency = ["p50 ms", "Pareto"] if s.latency else []
+    rows = [["trial", *choices, *names, "held-out top-1", *latency, "time", "state"]]
     for t in s.trials:
-        rows.append([str(t.number), *(f"{t.params[n]:.4g}" if n in t.params else "-" for n in names),
-                     f"{t.held_out_top1:.2f}" if t.state == "complete" else "-", f"{t.seconds:.0f} s",
-                     "chosen" if t.number == s.chosen_trial else (t.state if not t.note else f"{t.state}: {t.note}")])
+        state = "chosen" if t.number == s.chosen_trial else (t.state if not t.note else f"{t.state}: {t.note}")
+        rows.append([str(t.number), *(t.choices.get(n, "-") for n in choices),
+                     *(f"{t.params[n]:.4g}" if n in t.params else "-" for n in names),
+                     f"{t.held_out_top1:.2f}" if t.state != "failed" else "-",
+                     *([f"{t.p50_ms:.3f}" if t.p50_ms else "-", "yes" if t.pareto else ""] if s.latency else []),
+                     f"{t.seconds:.0f} s", state])
     return rows
 
 

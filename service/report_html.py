@@ -92,7 +92,7 @@ def to_html(report: pb.Report) -> str:
                   _table(report_format.student_pick_rows(pick))]
     if report.HasField("search"):
         parts += ["<h2>Search</h2>", f"<p>{html.escape(report_format.search_line(report.search))}.</p>",
-                  _table(report_format.search_rows(report.search))]
+                  _search_plot(report.search), _table(report_format.search_rows(report.search))]
     parts += ["<h2>How it was made</h2>", "<ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in report_format.how_it_was_made(report)]
     parts += ["</ul>", "</body></html>", ""]
@@ -119,10 +119,7 @@ def _plots(report: pb.Report) -> list[str]:
     timed = [v for v in report.variants if v.latency]
     if not timed:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; also keeps a server's worker from opening windows
-    from matplotlib import pyplot as plt
+    plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     def plain_log_ticks(axis) -> None:  # noqa: ANN001 (a matplotlib Axis)
@@ -161,6 +158,51 @@ def _plots(report: pb.Report) -> list[str]:
             figures.append(_figure(fig, f"Accuracy against latency at batch {batch}: up and to the left is better."))
             plt.close(fig)
     return figures
+
+
+def _search_plot(s: pb.SearchSummary) -> str:
+    """The trials: held-out top-1 by trial, or with two objectives against p50 with the Pareto front drawn."""
+    plt = _pyplot()
+    scored = [t for t in s.trials if t.state != "failed"]
+    with plt.rc_context({"svg.hashsalt": "distillery", "font.size": 10}):
+        fig, ax = plt.subplots(figsize=(5.4, 3.6))
+        if s.latency:
+            for state, marker in (("complete", "o"), ("pruned", "x")):
+                group = [t for t in scored if t.state == state and not t.pareto]
+                ax.scatter([t.p50_ms for t in group], [t.held_out_top1 for t in group], marker=marker, color="C7",
+                           label="trial" if state == "complete" else "pruned")
+            front = sorted((t for t in scored if t.pareto), key=lambda t: t.p50_ms)
+            ax.plot([t.p50_ms for t in front], [t.held_out_top1 for t in front], marker="o", color="C0",
+                    drawstyle="steps-post", label="Pareto front")
+            x, caption = (lambda t: t.p50_ms), f"Trials: held-out top-1 against {s.latency} (ms); up and to the left is better."
+            ax.set(xlabel=f"{s.latency} (ms)")
+        else:
+            for state, marker in (("complete", "o"), ("pruned", "x")):
+                group = [t for t in scored if t.state == state]
+                ax.scatter([t.number for t in group], [t.held_out_top1 for t in group], marker=marker,
+                           color="C0" if state == "complete" else "C7", label="trial" if state == "complete" else "pruned (where it stopped)")
+            x, caption = (lambda t: t.number), "Trials in the order they ran: held-out top-1."
+            ax.set(xlabel="trial")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        chosen = [t for t in scored if t.number == s.chosen_trial]
+        ax.scatter([x(t) for t in chosen], [t.held_out_top1 for t in chosen], s=160, facecolors="none",
+                   edgecolors="C3", linewidths=2, label="chosen", zorder=3)
+        ax.set(ylabel="held-out top-1 %")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figure = _figure(fig, caption)
+        plt.close(fig)
+    return figure
+
+
+def _pyplot():  # noqa: ANN202 (matplotlib.pyplot, imported late: only reports with plots load it)
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also keeps a server's worker from opening windows
+    from matplotlib import pyplot as plt
+
+    return plt
 
 
 def _figure(fig: object, caption: str) -> str:

@@ -203,9 +203,10 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
             if own.format != pb.MODEL_FORMAT_TORCHSCRIPT:
                 raise InvalidArgument(f"student.model_id {own.id} is {pb.ModelFormat.Name(own.format)}; a student to "
                                       "train is a TorchScript module (torch.jit.save(torch.jit.script(model)))")
-        for method in plan.methods:
-            if method.uses_features and teacher.format not in model_formats.LAYERED_FORMATS:
-                raise InvalidArgument(f"{method.method} {losses.FEATURES_NEED_MODULES}")
+        chosen_among = [name for choice in (plan.search.methods if plan.search else ()) for name in choice.split("+")]
+        for name in [m.method for m in plan.methods] + chosen_among:
+            if losses.method(name).needs_teacher_features and teacher.format not in model_formats.LAYERED_FORMATS:
+                raise InvalidArgument(f"{name} {losses.FEATURES_NEED_MODULES}")
         try:
             job, created = await self.store.create_job(
                 request.spec, request.request_id, self.config.max_queued_jobs, specs.plan_to_json(plan)

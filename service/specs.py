@@ -164,7 +164,11 @@ class JobPlan:
     student_auto: AutoStudentPlan | None = None
     student_pick: str = ""
     student_model_id: str = ""  # an uploaded TorchScript module trained as the student (no architecture)
-    search: SearchConfig | None = None  # set: trials of the training instead of one run
+    # Set: the worker runs the search's trials first (service.search_job) and stores the plan again with the chosen
+    # values, student and methods in place and search_result (pb.SearchSummary as JSON) filled in.
+    search: SearchConfig | None = None
+    search_latency: AutoStudentPlan | None = None  # a two-objective search's timing: batch size, runtime, students
+    search_result: str = ""
 
     def on_device(self, device: str) -> JobPlan:
         """The same plan, training on ``device`` (one rank's GPU, cuda:N)."""
@@ -220,12 +224,31 @@ def _search_plan(spec: pb.JobSpec, methods: list[losses.MethodConfig], seed: int
     parameters = tuple(search.Parameter(p.name, p.low, p.high, p.log) for p in s.parameters)
     if len({p.name for p in parameters}) != len(parameters):
         raise InvalidArgument("search.parameters: each name once")
+    if len(s.students) > 50 or len(s.methods) > 20:
+        raise InvalidArgument("search: at most 50 students and 20 methods to choose among")
+    if s.HasField("latency") and len(s.students) < 2:
+        raise InvalidArgument("search.latency is a second objective over students: name two or more in search.students")
     try:
-        config = search.SearchConfig(parameters, s.trials or 10, s.held_out_fraction or 0.2, seed, s.trial_epochs)
-        search.check(tuple(methods), parameters)
-    except search.SearchError as e:
+        config = search.SearchConfig(
+            parameters, tuple(s.students), tuple(s.methods), s.trials or 10, s.held_out_fraction or 0.2, seed,
+            s.trial_epochs, s.max_minutes, not s.no_pruning,
+            s.accuracy_tolerance if s.HasField("accuracy_tolerance") else 1.0,
+        )
+        search.check(tuple(methods), config)
+    except ValueError as e:  # SearchError, or an unknown method among the choices
         raise InvalidArgument(f"search: {e}") from e
     return config
+
+
+def _search_latency_plan(s: pb.SearchSpec) -> AutoStudentPlan:
+    """A two-objective search's timing, as student.auto times its candidates (no budget: latency is an objective)."""
+    latency = s.latency
+    runtime = latency.runtime or AUTO_RUNTIMES[0]
+    if runtime not in AUTO_RUNTIMES:
+        raise InvalidArgument(f"search.latency.runtime must be one of {', '.join(AUTO_RUNTIMES)}, not {runtime!r}")
+    if not 0 <= latency.batch_size <= 4096:
+        raise InvalidArgument("search.latency.batch_size must be 1..4096 (0: 1)")
+    return AutoStudentPlan(0.0, 0.0, latency.batch_size or 1, runtime, tuple(s.students))
 
 
 def _auto_student_plan(student: pb.StudentSpec) -> AutoStudentPlan:
@@ -267,7 +290,11 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
     if own and (arch or auto or spec.student.init_model_id or benchmark_only):
         raise InvalidArgument("student.model_id is the whole student: set it alone (no architecture, auto or "
                               "init_model_id), and not in a benchmark-only job (benchmark_only.student_model_id)")
-    if benchmark_only is None and auto is None and not own and not models.is_known(arch):
+    searched_students = spec.HasField("search") and bool(spec.search.students)
+    if searched_students and (arch or auto or own or spec.student.init_model_id):
+        raise InvalidArgument("search.students chooses the student: leave student unset (no architecture, auto, "
+                              "model_id or init_model_id)")
+    if benchmark_only is None and auto is None and not own and not searched_students and not models.is_known(arch):
         raise InvalidArgument(f"student.architecture: {models.unknown_message(arch)}")
     if spec.student.init_model_id and benchmark_only is not None:
         raise InvalidArgument("student.init_model_id starts a student to train; a benchmark-only job trains none")
@@ -307,10 +334,11 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         default_kd = [pb.LossTerm(kd=pb.KnowledgeDistillation())]
         methods = [_method(i, term) for i, term in enumerate(spec.losses or default_kd)]
 
-    _check_augmentation(spec, training, methods, data_free is not None)
+    searched = _search_plan(spec, methods, t.seed) if spec.HasField("search") else None
+    chosen_among = [losses.MethodConfig(name) for choice in searched.methods for name in choice.split("+")] if searched else []
+    _check_augmentation(spec, training, methods + chosen_among, data_free is not None)
     if own and spec.HasField("distributed"):
         raise InvalidArgument("a TorchScript student (student.model_id) trains in one process: drop distributed")
-    searched = _search_plan(spec, methods, t.seed) if spec.HasField("search") else None
     export = _export_plan(spec.export)
 
     b = spec.benchmark
@@ -349,6 +377,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
         student_auto=auto,
         student_model_id=own,
         search=searched,
+        search_latency=_search_latency_plan(spec.search) if spec.search.HasField("latency") else None,
     )
 
 
@@ -379,6 +408,7 @@ def _teacher_views(spec: pb.JobSpec) -> int:
         and spec.dataset.WhichOneof("source") != "webdataset"
         and all(term.WhichOneof("method") in _LOGIT_METHODS for term in spec.losses)
         and (not spec.losses or any(term.WhichOneof("method") in ("kd", "dkd") for term in spec.losses))  # a teacher
+        and all(set(c.split("+")) <= set(_LOGIT_METHODS) and set(c.split("+")) & {"kd", "dkd"} for c in spec.search.methods)
     )
     return augment.DEFAULT_TEACHER_VIEWS if allowed else 0
 

@@ -29,7 +29,9 @@ from service.job_states import TERMINAL_STATES
 T = TypeVar("T")
 
 # A job's run time is run_seconds (earlier starts, and this one up to running_since) plus, while it is
-# RUNNING, the time since running_since. No SQL comments below: SQLite keeps them in the stored schema,
+# RUNNING, the time since running_since. plan: what CreateJob resolved (JSON, service.specs.plan_to_json), what
+# the job runs. slots: how many of the server's job slots a running job holds (a search's trials in parallel may
+# hold several; 1 otherwise). No SQL comments below: SQLite keeps them in the stored schema,
 # and ALTER TABLE edits that text.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -56,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     end_time REAL,
     run_seconds REAL NOT NULL DEFAULT 0,
     running_since REAL,
-    plan TEXT  -- the plan CreateJob resolved (JSON, service.specs.plan_to_json): what the job runs
+    plan TEXT,
+    slots INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -103,6 +106,8 @@ class Store:
             self.db.execute("ALTER TABLE jobs ADD COLUMN running_since REAL")
         if "plan" not in columns:  # jobs accepted before plans were stored have none: they are planned when they run
             self.db.execute("ALTER TABLE jobs ADD COLUMN plan TEXT")
+        if "slots" not in columns:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN slots INTEGER NOT NULL DEFAULT 1")
 
     def close(self) -> None:
         self.db.close()
@@ -237,9 +242,11 @@ class Store:
         return [r["id"] for r in self.db.execute("SELECT id FROM jobs WHERE state = ?", (state,))]
 
     def transition(
-        self, job_id: str, state: int, message: str = "", error_code: int = 0, count_running_time: bool = True
+        self, job_id: str, state: int, message: str = "", error_code: int = 0, count_running_time: bool = True,
+        slot_limit: int = 0,
     ) -> bool:
-        """Move a job that has not ended to ``state``; False when it had already ended.
+        """Move a job that has not ended to ``state``; False when it had already ended, or when ``slot_limit`` is set
+        and the running jobs hold that many slots (a search running trials in parallel holds several).
 
         ``count_running_time=False`` leaves a run's time since its last
         ``save_run_time`` uncounted: for a job the server was running when it
@@ -250,7 +257,9 @@ class Store:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] in TERMINAL_STATES:
                 return False
-            sets = {"state": state}
+            if slot_limit and self._slots_held(db) >= slot_limit:
+                return False
+            sets = {"state": state, "slots": 1}  # a job leaving RUNNING gives back what it held
             if state == pb.JOB_STATE_RUNNING:
                 sets["running_since"] = now
                 if row["start_time"] is None:  # a requeued job keeps its first start
@@ -270,6 +279,24 @@ class Store:
             progress = sets.get("progress", row["progress"])
             self._append_event(db, job_id, pb.JobEvent(state=state, message=message, progress=progress))
             return True
+
+    @staticmethod
+    def _slots_held(db: sqlite3.Connection, but: str = "") -> int:
+        row = db.execute("SELECT COALESCE(SUM(slots), 0) FROM jobs WHERE state = ? AND id != ?",
+                         (pb.JOB_STATE_RUNNING, but)).fetchone()
+        return int(row[0])
+
+    def claim_slots(self, job_id: str, wanted: int, limit: int) -> int:
+        """Let a running job hold up to ``wanted`` of the server's ``limit`` job slots (at least its own one); returns
+        how many it holds now. The supervisor starts no job into them until ``release_slots`` or the job ends."""
+        with self.transaction() as db:
+            granted = max(1, min(wanted, limit - self._slots_held(db, but=job_id)))
+            db.execute("UPDATE jobs SET slots = ? WHERE id = ?", (granted, job_id))
+        return granted
+
+    def release_slots(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET slots = 1 WHERE id = ?", (job_id,))
 
     def reopen(self, job_id: str, message: str) -> bool:
         """Put a FAILED job back in the queue (RetryJob), its artifacts and run time kept; False when it is not FAILED."""

@@ -40,38 +40,10 @@ def pick(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> specs.JobPl
     auto = plan.student_auto
     assert auto is not None
     ctx.stage("pick_student", f"timing {len(auto.candidates)} untrained candidates for {auto.describe()}")
-    runtime = next(r for r in runtimes.available() if r.name == auto.runtime)
-    channels, size = inputs.input_shape[0], inputs.input_shape[1:]
-    student_shape = (channels, *(plan.export.input_size or size))
-    table: dict[str, pb.StudentCandidate] = {}
-    runners: dict[str, Runner] = {}
-    with tempfile.TemporaryDirectory(dir=ctx.workdir) as folder:
-        for name in auto.candidates:
-            torch.manual_seed(plan.training.seed)
-            model = models.build(name, inputs.teacher.num_classes, channels, student_shape[1]).eval()
-            row = table[name] = pb.StudentCandidate(
-                architecture=name, parameters=count_parameters(model),
-                macs=macs_or_zero(lambda: count_macs(model, student_shape)))
-            try:
-                path = Path(folder) / f"{name}.onnx"
-                onnx_export.export_onnx(model, torch.rand(2, *student_shape), path, plan.export.opset, True,
-                                        plan.export.exporters)
-            except onnx_export.ExportError as e:
-                row.note = f"not exported: {' '.join(str(e).split())[:200]}"
-                continue
-            runners[name] = _runner(runtime, path, ctx.threads, student_shape)
-        if auto.min_speedup:
-            teacher = _teacher_file(ctx, plan, inputs, Path(folder))
-            runners[_TEACHER] = _runner(runtime, teacher, ctx.threads, inputs.input_shape)
-        timing = plan.benchmark.timing
-        measured = measure_runners(
-            runners, lambda n: torch.rand(n, 1), TimingPlan((auto.batch_size,), timing.warmup_runs, timing.min_runs,
-                                                            timing.min_seconds))
-    p50 = {name: stats[0].p50_ms for name, stats in measured.items() if stats}
-    result = pb.StudentPick(budget=auto.describe(), teacher_p50_ms=p50.get(_TEACHER, 0.0))
-    for name, row in table.items():
-        if name in p50:
-            row.p50_ms = p50[name]
+    table, teacher_p50 = time_candidates(ctx, plan, inputs, auto, with_teacher=bool(auto.min_speedup))
+    result = pb.StudentPick(budget=auto.describe(), teacher_p50_ms=teacher_p50)
+    for row in table:
+        if row.p50_ms:
             row.fits = (row.p50_ms <= auto.max_latency_ms if auto.max_latency_ms
                         else result.teacher_p50_ms / row.p50_ms >= auto.min_speedup)
         result.candidates.append(row)
@@ -93,6 +65,44 @@ def pick(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> specs.JobPl
 
 
 _TEACHER = "(teacher)"
+
+
+def time_candidates(
+    ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, auto: specs.AutoStudentPlan, with_teacher: bool
+) -> tuple[list[pb.StudentCandidate], float]:
+    """Each of ``auto.candidates`` built untrained, exported and timed (p50_ms 0 and a note when it would not
+    export), interleaved with each other and, ``with_teacher``, with the teacher; and the teacher's p50 (or 0)."""
+    runtime = next(r for r in runtimes.available() if r.name == auto.runtime)
+    channels, size = inputs.input_shape[0], inputs.input_shape[1:]
+    student_shape = (channels, *(plan.export.input_size or size))
+    table: dict[str, pb.StudentCandidate] = {}
+    runners: dict[str, Runner] = {}
+    with tempfile.TemporaryDirectory(dir=ctx.workdir) as folder:
+        for name in auto.candidates:
+            torch.manual_seed(plan.training.seed)
+            model = models.build(name, inputs.teacher.num_classes, channels, student_shape[1]).eval()
+            row = table[name] = pb.StudentCandidate(
+                architecture=name, parameters=count_parameters(model),
+                macs=macs_or_zero(lambda: count_macs(model, student_shape)))
+            try:
+                path = Path(folder) / f"{name}.onnx"
+                onnx_export.export_onnx(model, torch.rand(2, *student_shape), path, plan.export.opset, True,
+                                        plan.export.exporters)
+            except onnx_export.ExportError as e:
+                row.note = f"not exported: {' '.join(str(e).split())[:200]}"
+                continue
+            runners[name] = _runner(runtime, path, ctx.threads, student_shape)
+        if with_teacher:
+            teacher = _teacher_file(ctx, plan, inputs, Path(folder))
+            runners[_TEACHER] = _runner(runtime, teacher, ctx.threads, inputs.input_shape)
+        timing = plan.benchmark.timing
+        measured = measure_runners(
+            runners, lambda n: torch.rand(n, 1), TimingPlan((auto.batch_size,), timing.warmup_runs, timing.min_runs,
+                                                            timing.min_seconds))
+    p50 = {name: stats[0].p50_ms for name, stats in measured.items() if stats}
+    for name, row in table.items():
+        row.p50_ms = p50.get(name, 0.0)
+    return list(table.values()), p50.get(_TEACHER, 0.0)
 
 
 def _runner(runtime: runtimes.Runtime, path: Path, threads: int, shape: tuple[int, ...]) -> Runner:

@@ -14,7 +14,7 @@ import torch
 from google.protobuf import json_format
 from torchvision.utils import save_image
 
-from distill import distributed, engine, loading, models, search
+from distill import distributed, engine, loading, models
 from distill.datafree import DataFreeResult, Generator, check_generator
 from distill.loading import LAYERED, ModelFileError
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -62,10 +62,9 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
         return earlier
     model, start = new_model(ctx, plan, inputs)
     student = Student(model, student_name(plan))
-    if plan.search is not None:
-        student.model, student.training, student.search = searched(ctx, plan, inputs, student.model)
-        result = None
-    elif plan.distributed:
+    if plan.search_result:  # the search stage ran: this is its chosen trial, trained on the whole split
+        student.search = json_format.Parse(plan.search_result, pb.SearchSummary())
+    if plan.distributed:
         student.training, result = distil_on_ranks(ctx, plan, student.model, rank_entry)
     else:
         student.training, result = distil(ctx, plan, inputs, student.model, ctx.resume(device))
@@ -149,12 +148,13 @@ def distil(
 ) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
     """Distil in this process (one of several, or the only one): the engine's one call; the data-free result too."""
     with ctx.stop.at_step_boundaries():
-        outcome = engine.run(_engine_job(plan, inputs, student), **ctx.training_callbacks(), resume_from=resume,
+        outcome = engine.run(engine_job(plan, inputs, student), **ctx.training_callbacks(), resume_from=resume,
                              stop_requested=ctx.stop, on_stage=ctx.stage)
     return convert.training_summary(outcome.training), outcome.data_free
 
 
-def _engine_job(plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module) -> engine.Job:
+def engine_job(plan: specs.JobPlan, inputs: JobInputs, student: str | torch.nn.Module) -> engine.Job:
+    """The plan as the engine's job: the one call that trains (a search calls it once a trial)."""
     splits = inputs.splits
     return engine.Job(
         teacher=inputs.teacher.model,
@@ -168,44 +168,6 @@ def _engine_job(plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module
         teacher_exposes_modules=inputs.teacher.format in LAYERED,
         evaluate=False,  # the evaluate stage scores every variant, in every runtime
     )
-
-
-def searched(
-    ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module
-) -> tuple[torch.nn.Module, pb.TrainingSummary, pb.SearchSummary]:
-    """The search's trials (each from ``student``'s initial weights), then ``student`` trained with the chosen values
-    on the whole training split for the job's epochs: the shipped student.
-
-    Finished trials live in the workdir: a restarted job goes on from them (a stop, the server draining, ends the
-    trial that was running; it runs again after the restart), and the final run resumes from its checkpoint.
-    """
-    assert plan.search is not None
-    config = plan.search
-
-    def heard(trial: search.Trial, best: search.Trial | None) -> None:
-        values = ", ".join(f"{k}={v:.4g}" for k, v in trial.params.items())
-        score = f"held-out top-1 {trial.held_out_top1:.2f}" if trial.held_out_top1 is not None else f"failed: {trial.note}"
-        leader = f"; best so far trial {best.number} ({best.held_out_top1:.2f})" if best else ""
-        ctx.stage("distil", f"search trial {trial.number} ({values}): {score}{leader}")
-
-    ctx.stage("distil", f"search: {config.trials} trials of {', '.join(p.name for p in config.parameters)}")
-    job = _engine_job(plan, inputs, student)
-    result = search.run(job, config, ctx.workdir / "search", on_trial=heard)  # trials train copies of ``student``
-    summary = pb.SearchSummary(chosen_trial=result.best.number, train_samples=result.train_samples,
-                               held_out_samples=result.held_out_samples)
-    for t in result.trials:
-        summary.trials.add(number=t.number, params=t.params, held_out_top1=t.held_out_top1 or 0.0, seconds=t.seconds,
-                           state=t.state, note=t.note)
-    chosen = ", ".join(f"{k}={v:.4g}" for k, v in result.best.params.items())
-    summary.reason = (f"trial {result.best.number} has the best top-1 on the {result.held_out_samples} held-out "
-                      f"training images ({result.best.held_out_top1:.2f}); its values ({chosen}) then trained the "
-                      f"shipped student on the whole training split for {plan.training.epochs} epochs, and only that "
-                      "student met the validation split")
-    ctx.stage("distil", f"the chosen values ({chosen}) train the student on the whole training split")
-    with ctx.stop.at_step_boundaries():  # this run checkpoints and resumes like any job's
-        outcome = engine.run(search.with_values(job, result.best.params), **ctx.training_callbacks(),
-                             resume_from=ctx.resume(plan.training.device), stop_requested=ctx.stop, on_stage=ctx.stage)
-    return outcome.student, convert.training_summary(outcome.training), summary
 
 
 def distil_on_ranks(

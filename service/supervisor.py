@@ -110,7 +110,9 @@ class Supervisor:
                     )
         while self.accepting and len(self.running) < self.config.max_concurrent_jobs:
             job_id = self.store.next_queued()
-            if job_id is None or not self.store.transition(job_id, pb.JOB_STATE_RUNNING, "started"):
+            # Not while the running jobs hold every slot: a search may hold several, for trials in parallel.
+            if job_id is None or not self.store.transition(job_id, pb.JOB_STATE_RUNNING, "started",
+                                                           slot_limit=self.config.max_concurrent_jobs):
                 break
             process = self._context.Process(
                 target=worker.main, args=(self.config, job_id, os.getpid()), name=f"distillery-worker-{job_id}"

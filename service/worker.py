@@ -31,7 +31,7 @@ from distill.loop import Interrupted
 from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
-from service import bundle, ranks, report_build, report_html, student_pick, students, variants
+from service import bundle, ranks, report_build, report_html, search_job, student_pick, students, variants
 from service import report as report_format
 from service.config import ServerConfig
 from service.errors import describe, status_code
@@ -152,6 +152,8 @@ def run(ctx: JobContext) -> None:
     teacher, input_shape = inputs.teacher, inputs.input_shape
     if plan.student_auto is not None and not plan.student_architecture:  # picked once: a resumed run has its pick
         plan = student_pick.pick(ctx, plan, inputs)
+    if plan.search is not None and not plan.search_result:  # searched once: a resumed run trains the chosen trial
+        plan = search_job.run(ctx, plan, inputs)
 
     student = students.obtain(ctx, plan, inputs, rank_main)
 

@@ -11,6 +11,8 @@ import pytest
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import cli
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.slow
 def test_upload_submit_wait_report(server, teacher_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,6 +79,16 @@ def test_distributed_flags_build_the_spec() -> None:
     d = cli.build_spec(args).distributed
     assert (d.processes_per_node, d.nodes, d.rendezvous_endpoint, d.run_id) == (8, 2, "node0:29400", "")
     assert not cli.build_spec(cli.parser().parse_args(["submit", "--teacher", "m-1"])).HasField("distributed")
+
+
+def test_search_flags_put_a_search_block_in_the_spec() -> None:
+    args = cli.parser().parse_args(["submit", str(REPO / "examples/mnist-kd.yaml"), "--search",
+                                    str(REPO / "examples/search-students.yaml"), "--trials", "5"])
+    spec = cli.build_spec(args)
+    assert spec.search.trials == 5 and list(spec.search.students) == ["lenet5_half", "cnn_bn_8", "shallow_cnn"]
+    assert spec.search.latency.runtime == "onnxruntime" and spec.losses[0].kd.temperature == 4
+    with pytest.raises(SystemExit, match="has no search block"):
+        cli.build_spec(cli.parser().parse_args(["submit", str(REPO / "examples/mnist-kd.yaml"), "--search"]))
 
 
 def test_bad_serve_flags_and_missing_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

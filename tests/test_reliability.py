@@ -207,6 +207,7 @@ def test_a_store_from_before_run_time_opens_with_its_jobs(tmp_path: Path) -> Non
     db.execute("ALTER TABLE jobs DROP COLUMN running_since")
     db.execute("ALTER TABLE jobs DROP COLUMN run_seconds")
     db.execute("ALTER TABLE jobs DROP COLUMN plan")
+    db.execute("ALTER TABLE jobs DROP COLUMN slots")
     db.close()
 
     store = Store(tmp_path / "store.db")
@@ -218,6 +219,21 @@ def test_a_store_from_before_run_time_opens_with_its_jobs(tmp_path: Path) -> Non
     finished = store.get_job(job.id)
     assert seconds(finished.run_time) == pytest.approx(seconds(finished.end_time) - seconds(finished.start_time), abs=1e-3)
     assert seconds(finished.run_time) >= 0.05
+    store.close()
+
+
+def test_a_search_holds_free_job_slots_and_no_job_starts_into_them(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store.db")
+    first, second, third = (store.create_job(tiny_spec("m-teacher"), f"request-{i}", max_queued=10)[0] for i in range(3))
+    assert store.transition(first.id, pb.JOB_STATE_RUNNING, "started", slot_limit=3)
+    assert store.claim_slots(first.id, wanted=5, limit=3) == 3  # a search: every slot free, for its trials
+    assert not store.transition(second.id, pb.JOB_STATE_RUNNING, "started", slot_limit=3)  # none left
+    store.release_slots(first.id)  # the search ended: back to its own slot
+    assert store.transition(second.id, pb.JOB_STATE_RUNNING, "started", slot_limit=3)
+    assert store.claim_slots(first.id, wanted=5, limit=3) == 2  # the second job holds one
+    assert store.transition(first.id, pb.JOB_STATE_SUCCEEDED, "done")  # ending gives the slots back
+    assert store.transition(third.id, pb.JOB_STATE_RUNNING, "started", slot_limit=3)
+    assert store.claim_slots(third.id, wanted=5, limit=3) == 2 and store.claim_slots(second.id, 4, 3) == 1
     store.close()
 
 

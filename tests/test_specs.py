@@ -24,6 +24,16 @@ def test_example_spec_is_valid(tmp_path: Path) -> None:
     assert plan.dataset.root == tmp_path.resolve() and plan.training.device == "cpu"
     assert plan.methods == [losses.MethodConfig("kd", 1.0, {"temperature": 4.0, "alpha": 0.9})]
 
+    # The example search block on top: the search picks the student, so the spec names none.
+    json_format.ParseDict(yaml.safe_load((REPO / "examples/search-students.yaml").read_text()), spec.search)
+    with pytest.raises(InvalidArgument, match="leave student unset"):
+        specs.plan(spec, (tmp_path,), cuda_devices=0)
+    spec.ClearField("student")
+    plan = specs.plan(spec, (tmp_path,), cuda_devices=0)
+    assert plan.search.students == ("lenet5_half", "cnn_bn_8", "shallow_cnn") and plan.search.trial_epochs == 3
+    assert plan.search_latency.batch_size == 1 and plan.search_latency.candidates == plan.search.students
+    assert specs.plan_from_json(specs.plan_to_json(plan)) == plan
+
 
 def test_data_free_example_and_defaults(tmp_path: Path) -> None:
     spec = json_format.ParseDict(yaml.safe_load((REPO / "examples/mnist-datafree.yaml").read_text()), pb.JobSpec())
@@ -237,6 +247,9 @@ def test_augmentation_auto_follows_the_budget_and_bad_pairs_are_refused(tmp_path
     attention.losses.add(attention=pb.AttentionTransfer())
     attention.losses.add(kd=pb.KnowledgeDistillation())
     assert plan(attention).training.teacher_views == 0  # needs the teacher live: views are not the default then
+    searched = _kd_spec(epochs=40)
+    searched.search.methods[:] = ["kd", "attention+kd"]  # so may a search's trials
+    assert plan(searched).training.teacher_views == 0
     assert plan(_kd_spec(epochs=40, augmentation=pb.AUGMENTATION_NONE)).training.augmentation == "none"
     views = plan(_kd_spec(augmentation=pb.AUGMENTATION_STANDARD, teacher_views=4)).training
     assert (views.augmentation, views.teacher_views) == ("standard", 4)

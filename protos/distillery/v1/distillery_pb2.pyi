@@ -204,16 +204,36 @@ class JobSpec(_message.Message):
     def __init__(self, teacher_model_id: _Optional[str] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., losses: _Optional[_Iterable[_Union[LossTerm, _Mapping]]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., device: _Optional[_Union[Device, str]] = ..., display_name: _Optional[str] = ..., data_free: _Optional[_Union[DataFreeSpec, _Mapping]] = ..., benchmark_only: _Optional[_Union[BenchmarkOnlySpec, _Mapping]] = ..., distributed: _Optional[_Union[DistributedSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("parameters", "trials", "held_out_fraction", "trial_epochs")
+    __slots__ = ("parameters", "trials", "held_out_fraction", "trial_epochs", "students", "methods", "latency", "max_minutes", "no_pruning", "accuracy_tolerance")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     HELD_OUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     TRIAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    STUDENTS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    NO_PRUNING_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     parameters: _containers.RepeatedCompositeFieldContainer[SearchParameter]
     trials: int
     held_out_fraction: float
     trial_epochs: int
-    def __init__(self, parameters: _Optional[_Iterable[_Union[SearchParameter, _Mapping]]] = ..., trials: _Optional[int] = ..., held_out_fraction: _Optional[float] = ..., trial_epochs: _Optional[int] = ...) -> None: ...
+    students: _containers.RepeatedScalarFieldContainer[str]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    latency: SearchLatency
+    max_minutes: float
+    no_pruning: bool
+    accuracy_tolerance: float
+    def __init__(self, parameters: _Optional[_Iterable[_Union[SearchParameter, _Mapping]]] = ..., trials: _Optional[int] = ..., held_out_fraction: _Optional[float] = ..., trial_epochs: _Optional[int] = ..., students: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., latency: _Optional[_Union[SearchLatency, _Mapping]] = ..., max_minutes: _Optional[float] = ..., no_pruning: _Optional[bool] = ..., accuracy_tolerance: _Optional[float] = ...) -> None: ...
+
+class SearchLatency(_message.Message):
+    __slots__ = ("batch_size", "runtime")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    runtime: str
+    def __init__(self, batch_size: _Optional[int] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class SearchParameter(_message.Message):
     __slots__ = ("name", "low", "high", "log")
@@ -749,21 +769,23 @@ class Report(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., teacher: _Optional[_Union[ModelCard, _Mapping]] = ..., student: _Optional[_Union[ModelCard, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., export: _Optional[_Union[ExportSummary, _Mapping]] = ..., environment: _Optional[_Union[Environment, _Mapping]] = ..., data_free: _Optional[_Union[DataFreeSummary, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., student_lowest_latency: _Optional[_Union[LatencyPick, _Mapping]] = ..., student_highest_throughput: _Optional[_Union[LatencyPick, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., input_convention: _Optional[_Union[InputConvention, _Mapping]] = ..., student_pick: _Optional[_Union[StudentPick, _Mapping]] = ..., search: _Optional[_Union[SearchSummary, _Mapping]] = ...) -> None: ...
 
 class SearchSummary(_message.Message):
-    __slots__ = ("trials", "chosen_trial", "reason", "train_samples", "held_out_samples")
+    __slots__ = ("trials", "chosen_trial", "reason", "train_samples", "held_out_samples", "latency")
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_TRIAL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     HELD_OUT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
     trials: _containers.RepeatedCompositeFieldContainer[SearchTrial]
     chosen_trial: int
     reason: str
     train_samples: int
     held_out_samples: int
-    def __init__(self, trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., chosen_trial: _Optional[int] = ..., reason: _Optional[str] = ..., train_samples: _Optional[int] = ..., held_out_samples: _Optional[int] = ...) -> None: ...
+    latency: str
+    def __init__(self, trials: _Optional[_Iterable[_Union[SearchTrial, _Mapping]]] = ..., chosen_trial: _Optional[int] = ..., reason: _Optional[str] = ..., train_samples: _Optional[int] = ..., held_out_samples: _Optional[int] = ..., latency: _Optional[str] = ...) -> None: ...
 
 class SearchTrial(_message.Message):
-    __slots__ = ("number", "params", "held_out_top1", "seconds", "state", "note")
+    __slots__ = ("number", "params", "held_out_top1", "seconds", "state", "note", "choices", "p50_ms", "pareto")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -771,19 +793,32 @@ class SearchTrial(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ChoicesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     HELD_OUT_TOP1_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    PARETO_FIELD_NUMBER: _ClassVar[int]
     number: int
     params: _containers.ScalarMap[str, float]
     held_out_top1: float
     seconds: float
     state: str
     note: str
-    def __init__(self, number: _Optional[int] = ..., params: _Optional[_Mapping[str, float]] = ..., held_out_top1: _Optional[float] = ..., seconds: _Optional[float] = ..., state: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+    choices: _containers.ScalarMap[str, str]
+    p50_ms: float
+    pareto: bool
+    def __init__(self, number: _Optional[int] = ..., params: _Optional[_Mapping[str, float]] = ..., held_out_top1: _Optional[float] = ..., seconds: _Optional[float] = ..., state: _Optional[str] = ..., note: _Optional[str] = ..., choices: _Optional[_Mapping[str, str]] = ..., p50_ms: _Optional[float] = ..., pareto: _Optional[bool] = ...) -> None: ...
 
 class InputConvention(_message.Message):
     __slots__ = ("chosen", "mean", "std", "reason", "samples", "candidates")
