@@ -178,7 +178,7 @@ def run(
     job: engine.Job,
     config: SearchConfig,
     folder: Path | None = None,
-    on_trial: Callable[[Trial, Trial | None], None] | None = None,
+    on_trial: Callable[[Trial, Trial | None, int], None] | None = None,
     latency_ms: Mapping[str, float] | None = None,
     parallel: int = 1,
     stop_requested: StopFn | None = None,
@@ -187,8 +187,8 @@ def run(
 
     ``latency_ms`` (architecture: measured p50) makes latency a second objective. ``parallel`` trials run at once,
     each in a thread of this process (torch releases the GIL in its ops; the results are then not bit-reproducible:
-    the trials share torch's global random state). ``on_trial(trial, best so far)`` hears of each trial as it ends,
-    in the caller's thread. A trial whose training fails in a way the job could not fix by other values (bad input,
+    the trials share torch's global random state). ``on_trial(trial, best so far, trials ended so far)`` hears of each
+    trial as it ends, in the caller's thread. A trial whose training fails in a way the job could not fix by other values (bad input,
     out of memory) ends the search with that error; a diverged trial is recorded as failed and the search goes on.
     ``stop_requested`` is polled after every step, as training polls it: True stops the trials (loop.Interrupted);
     they run again when the search is run again.
@@ -244,7 +244,8 @@ def run(
     for number in _ended_trials(_Budget(study, config), run_one, parallel, halt):
         if on_trial:  # in the caller's thread, whichever thread ran the trial
             trials = _trials(study)
-            on_trial(next(t for t in trials if t.number == number), _best(trials, config)[0])
+            ended = len([t for t in trials if t.note != _STOPPED])
+            on_trial(next(t for t in trials if t.number == number), _best(trials, config)[0], ended)
     trials = _trials(study)
     best, reason = _best(trials, config)
     if best is None:

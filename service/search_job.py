@@ -41,11 +41,11 @@ def run(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> specs.JobPla
                                      f"({untimed[0].note or 'no measurement'}); drop it from search.students")
         latency = {row.architecture: row.p50_ms for row in table}
 
-    def heard(trial: search.Trial, best: search.Trial | None) -> None:
-        done = trial.number + 1
+    def heard(trial: search.Trial, best: search.Trial | None, ended: int) -> None:
         leader = f"; best so far: trial {best.number} ({best.held_out_top1:.2f})" if best else ""
-        ctx.stage("search", f"search trial {trial.number} ({describe(trial)}): {_outcome(trial)}{leader}",
-                  metrics={"trial": done, "trials": config.trials,
+        ctx.stage("search", f"search trial {trial.number} ({describe(trial)}): {_outcome(trial)}; "
+                            f"{ended} of {config.trials} ended{leader}",
+                  metrics={"trial": ended, "trials": config.trials,
                            **({"best_held_out_top1": best.held_out_top1 or 0.0} if best else {})})
 
     # As many trials at once as the server has job slots free (--max-concurrent-jobs): held until the search ends.

@@ -37,7 +37,7 @@ def test_trials_are_scored_on_held_out_training_data_and_a_stopped_search_goes_o
     job = tiny_job(tiny_teacher)
     heard: list[search.Trial] = []
     first = search.run(job, search.SearchConfig(SPACE, trials=2, held_out_fraction=0.25), tmp_path,
-                       on_trial=lambda trial, best: heard.append(trial))
+                       on_trial=lambda trial, best, ended: heard.append(trial))
     assert [t.number for t in heard] == [0, 1] and all(t.state == "complete" for t in heard)
     # Held out: a quarter of the 800 training images, never the validation split; the rest trained on.
     assert (first.held_out_samples, first.train_samples) == (200, 600)
@@ -47,7 +47,7 @@ def test_trials_are_scored_on_held_out_training_data_and_a_stopped_search_goes_o
     # The same search asked for 3 trials again (a restart): the 2 finished ones are kept, one more runs.
     heard.clear()
     resumed = search.run(job, search.SearchConfig(SPACE, trials=3, held_out_fraction=0.25), tmp_path,
-                         on_trial=lambda trial, best: heard.append(trial))
+                         on_trial=lambda trial, best, ended: heard.append(trial))
     assert [t.number for t in heard] == [2] and [t.number for t in resumed.trials] == [0, 1, 2]
     assert [t.params for t in resumed.trials[:2]] == [t.params for t in first.trials]
     assert resumed.best.held_out_top1 == max(t.held_out_top1 for t in resumed.trials)
@@ -83,7 +83,7 @@ def test_trials_run_in_parallel_within_the_budget_and_are_heard_in_the_callers_t
 ) -> None:
     heard: list[tuple[int, str]] = []
     result = search.run(tiny_job(tiny_teacher), search.SearchConfig(SPACE, trials=5), tmp_path, parallel=2,
-                        on_trial=lambda trial, best: heard.append((trial.number, threading.current_thread().name)))
+                        on_trial=lambda trial, best, ended: heard.append((trial.number, threading.current_thread().name)))
     assert sorted(n for n, _ in heard) == [t.number for t in result.trials] == [0, 1, 2, 3, 4]  # none over the budget
     assert {name for _, name in heard} == {threading.main_thread().name}
     assert all(t.state == "complete" for t in result.trials)
@@ -151,6 +151,7 @@ def test_a_search_job_survives_a_restart_and_trains_the_chosen_values_on_the_who
             job = client.create_job(spec)
             assert wait_for_message(client, job.id, "search: 3 trials").message.endswith(", 2 at a time")  # both slots free
             first = wait_for_message(client, job.id, "search trial ")
+            assert "; 1 of 3 ended" in first.message and first.metrics["trials"] == 3 and first.metrics["trial"] == 1
             worker = worker_pid(data_dir, job.id)
         process.kill()  # mid-search: one trial finished, others running or about to
         process.wait()
