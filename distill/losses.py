@@ -39,6 +39,7 @@ class Step:
     # A second, differently distorted view of the batch (self-distillation): logits and features.
     second_logits: torch.Tensor | None = None
     second_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    stage_progress: float = 1.0  # how far through its stage (0..1) training is: stage one's schedule (dense_flow)
 
 
 @dataclass(frozen=True)
@@ -285,5 +286,7 @@ def method_table() -> str:
 
 from distill import methods  # noqa: E402,F401  (registers every method; they import this module)
 
-if __name__ == "__main__":
-    print(method_table())
+if __name__ == "__main__":  # this file runs as __main__: the registry the methods fill is distill.losses'
+    from distill import losses, methods  # noqa: F401 (importing the methods registers them)
+
+    print(losses.method_table())

@@ -249,7 +249,8 @@ def distil(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device):
                     cached = teacher_logits[view][batch.index.to(device)] if teacher_logits is not None else None
-                    loss = learner(x, y, cached, pretraining) * share
+                    stage_progress = step / pretrain_steps if pretraining else 1.0
+                    loss = learner(x, y, cached, pretraining, stage_progress) * share
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
@@ -345,10 +346,12 @@ class _Learner(nn.Module):
         self.frozen = (run_student, teacher, student_store, teacher_store)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, cached_teacher_logits: torch.Tensor | None, pretraining: bool
+        self, x: torch.Tensor, y: torch.Tensor, cached_teacher_logits: torch.Tensor | None, pretraining: bool,
+        stage_progress: float = 1.0,
     ) -> torch.Tensor:
         run_student, teacher, student_store, teacher_store = self.frozen
         batch = _forward(run_student, teacher, self.loss_fn, x, y, cached_teacher_logits, student_store, teacher_store)
+        batch.stage_progress = stage_progress
         return self.loss_fn(batch, pretraining=pretraining)
 
 

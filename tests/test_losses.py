@@ -118,6 +118,59 @@ def test_fsp_matrix_and_loss_by_hand() -> None:
     assert fsp.pretrain_loss(step).item() == pytest.approx(4.5)
 
 
+def test_dense_flow_matches_every_pair_of_layers_early_flows_first() -> None:
+    maps = [torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    names = [(f"t{i}", f"s{i}") for i in range(3)]
+    dense = methods.DenseFlow(names, adapters={})
+    assert dense.flows == [(0, 1), (0, 2), (1, 2)]  # FSP has (0, 1), (1, 2) only
+    assert dense.active_flows(0.0) == [(0, 1)] and dense.active_flows(0.49) == [(0, 1)]
+    assert dense.active_flows(0.5) == dense.active_flows(1.0) == [(0, 1), (0, 2), (1, 2)]
+    # The student's maps are zero: each flow's loss is ||G_t||^2 (summed, batch mean); the loss is their mean.
+    step = Step(torch.zeros(2, 2), None, teacher_features={t: m for (t, _), m in zip(names, maps)},
+                student_features={s: torch.zeros_like(m) for (_, s), m in zip(names, maps)}, stage_progress=1.0)
+    flows = [methods.fsp_matrix(maps[i], maps[j]).pow(2).flatten(1).sum(1).mean() for i, j in dense.flows]
+    assert dense.pretrain_loss(step).item() == pytest.approx(sum(flows).item() / 3, rel=1e-5)
+    step.stage_progress = 0.0
+    assert dense.pretrain_loss(step).item() == pytest.approx(flows[0].item(), rel=1e-5)
+
+
+def test_adversarial_flow_trains_the_discriminator_and_reverses_the_students_gradient() -> None:
+    torch.manual_seed(0)
+    discriminators = methods.FlowDiscriminators([6])
+    g_t, g_s = torch.randn(4, 2, 3), torch.randn(4, 2, 3, requires_grad=True)
+    discriminators(0, g_t, g_s).backward()
+    reversed_grad = g_s.grad.clone()
+    # The discriminator's own loss on the student's matrices (labelled fake), without the reversal.
+    g_s.grad = None
+    fake = discriminators.nets[0](g_s.flatten(1))
+    nn.functional.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)).backward()
+    assert torch.allclose(reversed_grad, -g_s.grad)  # the student climbs what the discriminator descends
+    assert all(p.grad is not None for p in discriminators.parameters())
+    with pytest.raises(ValueError, match="needs a Euclidean or an adversarial weight"):
+        methods.FlowOfSolutionProcedure([("a", "b"), ("c", "d")], {}, euclidean_weight=0, adversarial_weight=0)
+
+
+def test_ktsvd_vectors_relations_and_loss() -> None:
+    # A map whose leading right singular vector is known: channel 0 carries 10x the energy of channel 1.
+    x = torch.zeros(1, 2, 1, 4)
+    x[0, 0, 0] = torch.tensor([10.0, -10.0, 10.0, -10.0])
+    x[0, 1, 0] = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    v = methods.leading_singular_vectors(x, 1)
+    assert torch.allclose(v.abs(), torch.tensor([[[1.0], [0.0]]]), atol=1e-4)
+    expected = torch.linalg.svd(x.flatten(2).transpose(1, 2))[2][:, :1].transpose(1, 2)  # rows of V^T
+    assert torch.allclose(v.abs(), expected.abs(), atol=1e-4)
+
+    names = [("t0", "s0"), ("t1", "s1")]
+    ktsvd = methods.SingularVectorTransfer(names, adapters={})
+    maps = {"t0": torch.randn(3, 4, 8, 8), "t1": torch.randn(3, 6, 4, 4)}  # different spatial sizes pair
+    same = Step(torch.zeros(3, 2), None, teacher_features=maps, student_features={"s0": maps["t0"], "s1": maps["t1"]})
+    assert ktsvd.pretrain_loss(same).item() == pytest.approx(0.0, abs=1e-6)
+    student = {"s0": torch.randn(3, 4, 8, 8, requires_grad=True), "s1": torch.zeros(3, 6, 4, 4, requires_grad=True)}
+    loss = ktsvd.pretrain_loss(Step(torch.zeros(3, 2), None, teacher_features=maps, student_features=student))
+    loss.backward()
+    assert loss.item() > 0 and all(torch.isfinite(t.grad).all() for t in student.values())  # a dead layer too
+
+
 def test_self_distillation_by_hand() -> None:
     z1, z2, label = [1.0, 0.0], [0.0, 1.0], 0
     f1, f2 = [1.0, 2.0], [3.0, 2.0]

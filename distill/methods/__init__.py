@@ -8,17 +8,23 @@ from distill.methods.dkd import DecoupledKnowledgeDistillation
 from distill.methods.cross_entropy import CrossEntropy
 from distill.methods.fitnet import FitNet
 from distill.methods.attention import AttentionTransfer, attention_map
-from distill.methods.fsp import FlowOfSolutionProcedure, fsp_matrix
+from distill.methods.fsp import FlowDiscriminators, FlowOfSolutionProcedure, fsp_matrix
+from distill.methods.dense_flow import DenseFlow
+from distill.methods.ktsvd import SingularVectorTransfer, leading_singular_vectors
 from distill.methods.self_distill import SelfDistillation
 
 __all__ = [
     "AttentionTransfer",
     "CrossEntropy",
     "DecoupledKnowledgeDistillation",
+    "DenseFlow",
     "FitNet",
+    "FlowDiscriminators",
     "FlowOfSolutionProcedure",
     "KnowledgeDistillation",
     "SelfDistillation",
+    "SingularVectorTransfer",
     "attention_map",
     "fsp_matrix",
+    "leading_singular_vectors",
 ]

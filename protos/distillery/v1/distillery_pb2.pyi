@@ -418,7 +418,7 @@ class GeneratedDataset(_message.Message):
     def __init__(self, num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., train_size: _Optional[int] = ..., val_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class LossTerm(_message.Message):
-    __slots__ = ("weight", "kd", "cross_entropy", "fitnet", "attention", "fsp", "self_distill", "dkd")
+    __slots__ = ("weight", "kd", "cross_entropy", "fitnet", "attention", "fsp", "self_distill", "dkd", "dense_flow", "ktsvd")
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     KD_FIELD_NUMBER: _ClassVar[int]
     CROSS_ENTROPY_FIELD_NUMBER: _ClassVar[int]
@@ -427,6 +427,8 @@ class LossTerm(_message.Message):
     FSP_FIELD_NUMBER: _ClassVar[int]
     SELF_DISTILL_FIELD_NUMBER: _ClassVar[int]
     DKD_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FLOW_FIELD_NUMBER: _ClassVar[int]
+    KTSVD_FIELD_NUMBER: _ClassVar[int]
     weight: float
     kd: KnowledgeDistillation
     cross_entropy: CrossEntropy
@@ -435,7 +437,9 @@ class LossTerm(_message.Message):
     fsp: FlowOfSolutionProcedure
     self_distill: SelfDistillation
     dkd: DecoupledKnowledgeDistillation
-    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ..., dkd: _Optional[_Union[DecoupledKnowledgeDistillation, _Mapping]] = ...) -> None: ...
+    dense_flow: DenseFlow
+    ktsvd: SingularVectorTransfer
+    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ..., dkd: _Optional[_Union[DecoupledKnowledgeDistillation, _Mapping]] = ..., dense_flow: _Optional[_Union[DenseFlow, _Mapping]] = ..., ktsvd: _Optional[_Union[SingularVectorTransfer, _Mapping]] = ...) -> None: ...
 
 class LayerPair(_message.Message):
     __slots__ = ("teacher", "student")
@@ -466,12 +470,38 @@ class AttentionTransfer(_message.Message):
     def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., beta: _Optional[float] = ...) -> None: ...
 
 class FlowOfSolutionProcedure(_message.Message):
-    __slots__ = ("layers", "flow_epochs")
+    __slots__ = ("layers", "flow_epochs", "euclidean_weight", "adversarial_weight")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     FLOW_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    EUCLIDEAN_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ADVERSARIAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedCompositeFieldContainer[LayerPair]
     flow_epochs: int
-    def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., flow_epochs: _Optional[int] = ...) -> None: ...
+    euclidean_weight: float
+    adversarial_weight: float
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., flow_epochs: _Optional[int] = ..., euclidean_weight: _Optional[float] = ..., adversarial_weight: _Optional[float] = ...) -> None: ...
+
+class DenseFlow(_message.Message):
+    __slots__ = ("layers", "flow_epochs", "euclidean_weight", "adversarial_weight")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    EUCLIDEAN_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ADVERSARIAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerPair]
+    flow_epochs: int
+    euclidean_weight: float
+    adversarial_weight: float
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., flow_epochs: _Optional[int] = ..., euclidean_weight: _Optional[float] = ..., adversarial_weight: _Optional[float] = ...) -> None: ...
+
+class SingularVectorTransfer(_message.Message):
+    __slots__ = ("layers", "flow_epochs", "singular_vectors")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    SINGULAR_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerPair]
+    flow_epochs: int
+    singular_vectors: int
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., flow_epochs: _Optional[int] = ..., singular_vectors: _Optional[int] = ...) -> None: ...
 
 class SelfDistillation(_message.Message):
     __slots__ = ("kl_weight", "mmd_weight")
