@@ -46,6 +46,9 @@ class Case:
 CASES = {
     "mnist": Case("lenet5", "lenet5_half", teacher_epochs=12, teacher_lr=0.05),
     "cifar10": Case("resnet20_cifar", "resnet8_cifar", teacher_epochs=15, teacher_lr=0.1),
+    # The same teacher into a student of half its width at every stage (8-16-32 channels against 16-32-64): where
+    # RepDistiller's table has FSP collapse (wrn-40-2 -> wrn-40-1), do the flow methods stay stable?
+    "cifar10-narrow": Case("resnet20_cifar", "cnn_bn_8", teacher_epochs=15, teacher_lr=0.1),
 }
 
 # What each row trains on. Staged methods spend part of the same epoch budget on their first stage.
@@ -58,6 +61,11 @@ METHODS: dict[str, list[MethodConfig]] = {
     "attention (+cross_entropy)": [MethodConfig("attention", params={"beta": 1000.0}), MethodConfig("cross_entropy")],
     "fsp (+kd)": [MethodConfig("fsp", params={"flow_epochs": 2}), MethodConfig("kd")],
     "fsp (+cross_entropy)": [MethodConfig("fsp", params={"flow_epochs": 2}), MethodConfig("cross_entropy")],
+    "fsp adversarial (+kd)": [MethodConfig("fsp", params={"flow_epochs": 2, "adversarial_weight": 1}), MethodConfig("kd")],
+    "dense_flow (+kd)": [MethodConfig("dense_flow", params={"flow_epochs": 2}), MethodConfig("kd")],
+    "dense_flow adversarial (+kd)": [MethodConfig("dense_flow", params={"flow_epochs": 2, "adversarial_weight": 1}),
+                                     MethodConfig("kd")],
+    "ktsvd (+kd)": [MethodConfig("ktsvd", params={"flow_epochs": 2}), MethodConfig("kd")],
     "self_distill": [MethodConfig("self_distill")],
 }
 
@@ -95,7 +103,8 @@ def top1(model: torch.nn.Module, split: data.ImageData, normalization: data.Norm
 
 
 def cached_teacher(case_name: str, case: Case, splits: data.Splits, train_samples: int) -> torch.nn.Module:
-    path = CACHE / f"teacher-{case_name}-{case.teacher}-{train_samples or 'all'}.pt"
+    data_name = case_name.removesuffix("-narrow")  # a case on the same data shares its teacher
+    path = CACHE / f"teacher-{data_name}-{case.teacher}-{train_samples or 'all'}.pt"
     teacher = models.build(case.teacher, len(splits.train.classes), splits.train.input_shape[0])
     if path.exists():
         teacher.load_state_dict(torch.load(path, weights_only=True))
