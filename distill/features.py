@@ -41,7 +41,8 @@ def tap(
 
     A path ending in ":input" takes the module's input instead (e.g. the
     embedding that enters the classifier). An eager module is hooked and runs
-    as itself.
+    as itself; a TorchScript module runs a copy of its graph that returns
+    the taps too (``script_taps``).
     """
     keys = list(dict.fromkeys(paths))
     if keys and isinstance(model, torch.jit.ScriptModule):
