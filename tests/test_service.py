@@ -338,7 +338,7 @@ def test_feature_methods_run_through_the_api(client: Client, teacher_model: pb.M
     spec.losses.add(fitnet=pb.FitNet(hint=pb.LayerPair(teacher="features.4", student="features.4"), hint_epochs=1))
     spec.losses.add(attention=pb.AttentionTransfer(beta=500))
     spec.losses.add(kd=pb.KnowledgeDistillation())
-    spec.losses.add(dense_flow=pb.DenseFlow(flow_epochs=1, adversarial_weight=1))  # the flow family, in one job
+    spec.losses.add(dense_flow=pb.FlowOfSolutionProcedure(flow_epochs=1, adversarial_weight=1))  # the flow family, in one job
     spec.losses.add(ktsvd=pb.SingularVectorTransfer(flow_epochs=1))
     job = client.wait(client.create_job(spec).id)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message

@@ -437,9 +437,9 @@ class LossTerm(_message.Message):
     fsp: FlowOfSolutionProcedure
     self_distill: SelfDistillation
     dkd: DecoupledKnowledgeDistillation
-    dense_flow: DenseFlow
+    dense_flow: FlowOfSolutionProcedure
     ktsvd: SingularVectorTransfer
-    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ..., dkd: _Optional[_Union[DecoupledKnowledgeDistillation, _Mapping]] = ..., dense_flow: _Optional[_Union[DenseFlow, _Mapping]] = ..., ktsvd: _Optional[_Union[SingularVectorTransfer, _Mapping]] = ...) -> None: ...
+    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ..., dkd: _Optional[_Union[DecoupledKnowledgeDistillation, _Mapping]] = ..., dense_flow: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., ktsvd: _Optional[_Union[SingularVectorTransfer, _Mapping]] = ...) -> None: ...
 
 class LayerPair(_message.Message):
     __slots__ = ("teacher", "student")
@@ -470,18 +470,6 @@ class AttentionTransfer(_message.Message):
     def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., beta: _Optional[float] = ...) -> None: ...
 
 class FlowOfSolutionProcedure(_message.Message):
-    __slots__ = ("layers", "flow_epochs", "euclidean_weight", "adversarial_weight")
-    LAYERS_FIELD_NUMBER: _ClassVar[int]
-    FLOW_EPOCHS_FIELD_NUMBER: _ClassVar[int]
-    EUCLIDEAN_WEIGHT_FIELD_NUMBER: _ClassVar[int]
-    ADVERSARIAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
-    layers: _containers.RepeatedCompositeFieldContainer[LayerPair]
-    flow_epochs: int
-    euclidean_weight: float
-    adversarial_weight: float
-    def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., flow_epochs: _Optional[int] = ..., euclidean_weight: _Optional[float] = ..., adversarial_weight: _Optional[float] = ...) -> None: ...
-
-class DenseFlow(_message.Message):
     __slots__ = ("layers", "flow_epochs", "euclidean_weight", "adversarial_weight")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     FLOW_EPOCHS_FIELD_NUMBER: _ClassVar[int]
