@@ -162,13 +162,13 @@ def seconds(value: Timestamp | Duration) -> float:
 
 @pytest.mark.slow
 def test_time_limit_counts_running_time_across_a_restart_not_downtime(tmp_path: Path, teacher_file: Path) -> None:
-    data_dir, limit = tmp_path / "data", 24
+    data_dir, limit = tmp_path / "data", 16
     process, address = spawn_server(data_dir, ["--job-time-limit", str(limit)])
     try:
         with Client(address) as client:
             teacher = client.upload(teacher_file, architecture="lenet5")
             job = client.create_job(long_spec(teacher.id))
-            wait_for_step(client, job.id, 5, timeout=limit / 2)
+            wait_for_step(client, job.id, 5, timeout=limit * 3 / 4)  # before the limit could end it
             first_start = seconds(client.get_job(job.id).start_time)
             time.sleep(max(0.0, first_start + limit / 2 - time.time()))  # half the allowance spent
             ran = seconds(client.get_job(job.id).run_time)  # saved by the supervisor every 2 s
