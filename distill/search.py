@@ -199,8 +199,7 @@ def run(
         raise SearchError("a search holds part of the training split out: WebDataset shards cannot be cut")
     check(job.methods, config)
     if latency_ms is not None:
-        missing = [s for s in config.students or (job.student,) if not isinstance(s, str) or s not in latency_ms]
-        if len(config.students) < 2 or missing:
+        if len(config.students) < 2 or any(s not in latency_ms for s in config.students):
             raise SearchError("a latency objective needs two or more students to choose among, each one timed")
     fit, held_out = split_held_out(job.data.train, config.held_out_fraction, config.seed)
     splits = Splits(fit, held_out, job.data.normalization)

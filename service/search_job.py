@@ -31,10 +31,10 @@ def run(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> specs.JobPla
     assert config is not None
     latency, where = None, ""
     if plan.search_latency is not None:
-        timing = plan.search_latency
-        where = f"p50 at batch {timing.batch_size} in {timing.runtime}"
-        ctx.stage("search", f"timing the {len(timing.candidates)} students untrained ({where})")
-        table, _ = student_pick.time_candidates(ctx, plan, inputs, timing, with_teacher=False)
+        where = plan.search_latency.describe()
+        ctx.stage("search", f"timing the {len(config.students)} students untrained ({where})")
+        table, _ = student_pick.time_candidates(ctx, plan, inputs, config.students, plan.search_latency,
+                                                with_teacher=False)
         untimed = [row for row in table if not row.p50_ms]
         if untimed:
             raise FailedPrecondition(f"search.latency: {untimed[0].architecture} could not be timed "

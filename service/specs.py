@@ -137,6 +137,17 @@ class AutoStudentPlan:
         return f"{bound} at batch {self.batch_size} in {self.runtime}"
 
 
+@dataclass(frozen=True)
+class LatencyPlan:
+    """Where a two-objective search times its students."""
+
+    batch_size: int
+    runtime: str
+
+    def describe(self) -> str:
+        return f"p50 at batch {self.batch_size} in {self.runtime}"
+
+
 # What student.auto considers by default: small to large, registry and timm; each is exported and timed per job.
 AUTO_CANDIDATES = (
     "lenet5_half", "shallow_cnn", "resnet8_cifar", "resnet20_cifar", "lcnet_050", "mobilenetv3_small_050",
@@ -167,7 +178,7 @@ class JobPlan:
     # Set: the worker runs the search's trials first (service.search_job) and stores the plan again with the chosen
     # values, student and methods in place and search_result (pb.SearchSummary as JSON) filled in.
     search: SearchConfig | None = None
-    search_latency: AutoStudentPlan | None = None  # a two-objective search's timing: batch size, runtime, students
+    search_latency: LatencyPlan | None = None  # set: latency is a search's second objective
     search_result: str = ""
 
     def on_device(self, device: str) -> JobPlan:
@@ -240,15 +251,14 @@ def _search_plan(spec: pb.JobSpec, methods: list[losses.MethodConfig], seed: int
     return config
 
 
-def _search_latency_plan(s: pb.SearchSpec) -> AutoStudentPlan:
-    """A two-objective search's timing, as student.auto times its candidates (no budget: latency is an objective)."""
+def _search_latency_plan(s: pb.SearchSpec) -> LatencyPlan:
     latency = s.latency
     runtime = latency.runtime or AUTO_RUNTIMES[0]
     if runtime not in AUTO_RUNTIMES:
         raise InvalidArgument(f"search.latency.runtime must be one of {', '.join(AUTO_RUNTIMES)}, not {runtime!r}")
     if not 0 <= latency.batch_size <= 4096:
         raise InvalidArgument("search.latency.batch_size must be 1..4096 (0: 1)")
-    return AutoStudentPlan(0.0, 0.0, latency.batch_size or 1, runtime, tuple(s.students))
+    return LatencyPlan(latency.batch_size or 1, runtime)
 
 
 def _auto_student_plan(student: pb.StudentSpec) -> AutoStudentPlan:

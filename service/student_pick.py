@@ -40,7 +40,8 @@ def pick(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> specs.JobPl
     auto = plan.student_auto
     assert auto is not None
     ctx.stage("pick_student", f"timing {len(auto.candidates)} untrained candidates for {auto.describe()}")
-    table, teacher_p50 = time_candidates(ctx, plan, inputs, auto, with_teacher=bool(auto.min_speedup))
+    where = specs.LatencyPlan(auto.batch_size, auto.runtime)
+    table, teacher_p50 = time_candidates(ctx, plan, inputs, auto.candidates, where, with_teacher=bool(auto.min_speedup))
     result = pb.StudentPick(budget=auto.describe(), teacher_p50_ms=teacher_p50)
     for row in table:
         if row.p50_ms:
@@ -68,17 +69,18 @@ _TEACHER = "(teacher)"
 
 
 def time_candidates(
-    ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, auto: specs.AutoStudentPlan, with_teacher: bool
+    ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, candidates: tuple[str, ...], where: specs.LatencyPlan,
+    with_teacher: bool,
 ) -> tuple[list[pb.StudentCandidate], float]:
-    """Each of ``auto.candidates`` built untrained, exported and timed (p50_ms 0 and a note when it would not
+    """Each of ``candidates`` built untrained, exported and timed ``where`` (p50_ms 0 and a note when it would not
     export), interleaved with each other and, ``with_teacher``, with the teacher; and the teacher's p50 (or 0)."""
-    runtime = next(r for r in runtimes.available() if r.name == auto.runtime)
+    runtime = next(r for r in runtimes.available() if r.name == where.runtime)
     channels, size = inputs.input_shape[0], inputs.input_shape[1:]
     student_shape = (channels, *(plan.export.input_size or size))
     table: dict[str, pb.StudentCandidate] = {}
     runners: dict[str, Runner] = {}
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as folder:
-        for name in auto.candidates:
+        for name in candidates:
             torch.manual_seed(plan.training.seed)
             model = models.build(name, inputs.teacher.num_classes, channels, student_shape[1]).eval()
             row = table[name] = pb.StudentCandidate(
@@ -97,7 +99,7 @@ def time_candidates(
             runners[_TEACHER] = _runner(runtime, teacher, ctx.threads, inputs.input_shape)
         timing = plan.benchmark.timing
         measured = measure_runners(
-            runners, lambda n: torch.rand(n, 1), TimingPlan((auto.batch_size,), timing.warmup_runs, timing.min_runs,
+            runners, lambda n: torch.rand(n, 1), TimingPlan((where.batch_size,), timing.warmup_runs, timing.min_runs,
                                                             timing.min_seconds))
     p50 = {name: stats[0].p50_ms for name, stats in measured.items() if stats}
     for name, row in table.items():

@@ -31,7 +31,7 @@ def test_example_spec_is_valid(tmp_path: Path) -> None:
     spec.ClearField("student")
     plan = specs.plan(spec, (tmp_path,), cuda_devices=0)
     assert plan.search.students == ("lenet5_half", "cnn_bn_8", "shallow_cnn") and plan.search.trial_epochs == 3
-    assert plan.search_latency.batch_size == 1 and plan.search_latency.candidates == plan.search.students
+    assert plan.search_latency == specs.LatencyPlan(1, "onnxruntime")
     assert specs.plan_from_json(specs.plan_to_json(plan)) == plan
 
 
