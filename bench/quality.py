@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from distill import allocator, data, datafree, evaluate, losses, models, trainer
+from distill import allocator, data, datafree, engine, evaluate, losses, models, trainer
 from distill.losses import MethodConfig
 
 HERE = Path(__file__).resolve().parent
@@ -67,6 +67,9 @@ METHODS: dict[str, list[MethodConfig]] = {
                                      MethodConfig("kd")],
     "ktsvd (+kd)": [MethodConfig("ktsvd", params={"flow_epochs": 2}), MethodConfig("kd")],
     "self_distill": [MethodConfig("self_distill")],
+    # A KD generalist for the row's epochs, then each specialist for 5 epochs over its group's images and as many
+    # others; the shipped model runs 1 + specialists networks.
+    "specialists (kd generalist)": [MethodConfig("specialists")],
 }
 
 
@@ -124,6 +127,14 @@ def train_student(case: Case, teacher: torch.nn.Module, splits: data.Splits, con
     torch.manual_seed(seed)
     train = train or splits.train
     student = models.build(case.student, len(splits.train.classes), splits.train.input_shape[0])
+    if any(c.method == "specialists" for c in configs):  # the engine's call: the student becomes an ensemble
+        started = time.perf_counter()
+        outcome = engine.run(engine.Job(teacher, student, data.Splits(train, splits.val, splits.normalization),
+                                        tuple(configs), trainer.TrainConfig(epochs=epochs, seed=seed),
+                                        normalization=splits.normalization, evaluate=False))
+        print(f"    specialists: {[[splits.train.classes[c] for c in s.classes] for s in outcome.training.specialists]}, "
+              f"generalist alone {top1(outcome.student.generalist, splits.val, splits.normalization):.2f}%", flush=True)
+        return outcome.student, time.perf_counter() - started
     loss = losses.build_loss(configs, teacher, student, splits.train.input_shape)
     started = time.perf_counter()
     trainer.distil(

@@ -27,6 +27,7 @@ from distill.datafree import DataFreeConfig, DataFreeResult, distil_data_free, r
 from distill.input_convention import InputConvention, find_input_convention
 from distill.loop import CheckpointFn, ProgressFn, StopFn
 from distill.losses import MethodConfig, build_loss
+from distill.methods import specialists as specialist_networks
 from distill.streaming import ImageFiles
 from distill.trainer import TrainConfig, distil, predict, predict_logits
 
@@ -66,6 +67,7 @@ class TrainingSummary:
     samples_seen: int  # training images a step trained on, over all processes (0 for data-free)
     data_loading: str = ""  # how the training split was read (empty for data-free)
     augmentation: str = ""  # the preset, and how the teacher saw it (empty for data-free)
+    specialists: tuple[specialist_networks.Specialist, ...] = ()  # the specialists method's, by class index
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,8 @@ def run(
                                              resume_from, stop_requested)
     else:
         assert splits is not None
-        training, result = _distil_offline(job, student, splits, stage, on_progress, on_checkpoint,
-                                           resume_from, stop_requested), None
+        (training, student), result = _distil_offline(job, student, splits, stage, on_progress, on_checkpoint,
+                                                      resume_from, stop_requested), None
 
     evaluation = None
     if job.evaluate and splits is not None:
@@ -140,13 +142,24 @@ def _distil_offline(
     on_checkpoint: CheckpointFn | None,
     resume_from: dict | None,
     stop_requested: StopFn | None,
-) -> TrainingSummary:
+) -> tuple[TrainingSummary, nn.Module]:
+    """The training summary and the trained student: ``student`` itself, or the specialists method's ensemble."""
     teacher = job.teacher if isinstance(job.teacher, nn.Module) else None
     loss = build_loss(list(job.methods), teacher, student, splits.train.input_shape, job.teacher_exposes_modules)
     stage("distil", f"resuming from step {resume_from['step']}" if resume_from else str(loss))
-    trained = distil(student, job.teacher, loss, splits.train, splits.normalization, job.training,  # type: ignore[arg-type]
-                     on_progress, on_checkpoint, resume_from, stop_requested)
-    return TrainingSummary(
+    ensembling = [t for t in loss.terms if isinstance(t, specialist_networks.SpecialistNetworks)]
+    if len(ensembling) > 1:
+        raise ValueError("one specialists term at most: it trains the specialists of the one student")
+    if ensembling:  # the student trained as the generalist, then its specialists: the ensemble is the student
+        trained = specialist_networks.train(ensembling[0], student, job.teacher, loss, splits.train, splits.normalization,
+                                            job.training, on_progress, on_checkpoint, resume_from, stop_requested)
+        student, world, specialists, seen = trained.ensemble, 1, tuple(trained.specialists), trained.samples_seen
+    else:
+        trained = distil(student, job.teacher, loss, splits.train, splits.normalization, job.training,  # type: ignore[arg-type]
+                         on_progress, on_checkpoint, resume_from, stop_requested)
+        world, specialists = trained.world_size, ()
+        seen = int(trained.visits.sum()) if trained.visits is not None else trained.samples_seen
+    summary = TrainingSummary(
         method=str(loss),
         epochs=loss.pretrain_epochs + job.training.epochs,
         steps=trained.steps,
@@ -154,11 +167,13 @@ def _distil_offline(
         wall_seconds=trained.wall_seconds,
         device=torch.device(job.training.device).type,
         train_samples=len(splits.train),
-        processes=trained.world_size,
-        samples_seen=int(trained.visits.sum()) if trained.visits is not None else trained.samples_seen,
+        processes=world,
+        samples_seen=seen,
         data_loading=describe_loading(splits.train),
         augmentation=describe_augmentation(job.training),
+        specialists=specialists,
     )
+    return summary, student
 
 
 def describe_loading(split: Split) -> str:

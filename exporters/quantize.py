@@ -47,8 +47,13 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def reduce_precision(fp32: Path, out: Path, kind: str, calibration: Iterable[np.ndarray] = ()) -> Path:
-    """Write the ``kind`` (STATIC, DYNAMIC or FP16) version of ``fp32`` to ``out``; the file passes ``check``."""
+def reduce_precision(
+    fp32: Path, out: Path, kind: str, calibration: Iterable[np.ndarray] = (), only_ops: tuple[str, ...] = ()
+) -> Path:
+    """Write the ``kind`` (STATIC, DYNAMIC or FP16) version of ``fp32`` to ``out``; the file passes ``check``.
+
+    ``only_ops``: quantize only these op types (INT8; default: every type the quantizer knows).
+    """
     if kind == FP16:
         model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
         _sort_topologically(model.graph)  # the converter appends its input casts last; the checker wants order
@@ -70,9 +75,10 @@ def reduce_precision(fp32: Path, out: Path, kind: str, calibration: Iterable[np.
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=list(only_ops) or None,
             )
         elif kind == DYNAMIC:
-            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=list(only_ops) or None)
         else:
             raise ValueError(f"unknown INT8 kind {kind!r}")
     check(out)

@@ -8,7 +8,8 @@ from distill.input_convention import InputConvention
 from protos.distillery.v1 import distillery_pb2 as pb
 
 
-def training_summary(summary: engine.TrainingSummary) -> pb.TrainingSummary:
+def training_summary(summary: engine.TrainingSummary, classes: list[str]) -> pb.TrainingSummary:
+    """``classes``: the class names, by index (for the specialists' groups)."""
     return pb.TrainingSummary(
         method=summary.method,
         epochs=summary.epochs,
@@ -21,6 +22,8 @@ def training_summary(summary: engine.TrainingSummary) -> pb.TrainingSummary:
         samples_seen=summary.samples_seen,
         data_loading=summary.data_loading,
         augmentation=summary.augmentation,
+        specialists=[pb.Specialist(classes=[classes[c] for c in s.classes], train_samples=s.train_samples)
+                     for s in summary.specialists],
     )
 
 

@@ -309,6 +309,22 @@ def student_pick_rows(pick: pb.StudentPick) -> list[list[str]]:
     return rows
 
 
+def specialists_line(t: pb.TrainingSummary) -> str:
+    alone = (f" The generalist alone: {t.generalist_top1:.2f}% top-1 on the validation split; the ensemble's is the "
+             "student's." if t.HasField("generalist_top1") else "")
+    return (f"The student is the generalist and {len(t.specialists)} specialists, one model (one ONNX graph) that "
+            f"costs {len(t.specialists) + 1} networks per call. The generalist's top classes call in the "
+            "specialists whose groups hold one; each says how likely its classes are, the rest going to its "
+            f"dustbin, and the answer is the distribution closest to all of them.{alone}")
+
+
+def specialist_rows(t: pb.TrainingSummary) -> list[list[str]]:
+    rows = [["specialist", "classes (the rest: its dustbin)", "training images"]]
+    for number, s in enumerate(t.specialists, 1):
+        rows.append([str(number), ", ".join(s.classes), str(s.train_samples)])
+    return rows
+
+
 def per_class_rows(report: pb.Report) -> list[list[str]]:
     rows = [["class", "samples", "teacher top-1 %", "student top-1 %", "Δ"]]
     for c in report.per_class:
@@ -411,6 +427,9 @@ def to_markdown(report: pb.Report) -> str:
     lines += ["", "## Latency detail (ms)", ""] + _table(latency_rows(report))
     if report.per_class:
         lines += ["", "## Per class (top-1 on the validation split)", ""] + _table(per_class_rows(report))
+    if report.training.specialists:
+        lines += ["", "## Specialists", "", specialists_line(report.training), ""]
+        lines += _table(specialist_rows(report.training))
     if report.HasField("data_free"):
         lines += _data_free_section(report.data_free)
     if report.HasField("student_pick"):

@@ -66,6 +66,9 @@ def to_html(report: pb.Report) -> str:
             '<p class="muted">Shaded: classes where the student is less accurate than the teacher.</p>',
             _table(rows, highlight=worse),
         ]
+    if report.training.specialists:
+        parts += ["<h2>Specialists</h2>", f"<p>{html.escape(report_format.specialists_line(report.training))}</p>",
+                  _table(report_format.specialist_rows(report.training))]
     if report.HasField("data_free"):
         d = report.data_free
         total = max(1, sum(d.class_histogram))

@@ -347,6 +347,7 @@ def plan(spec: pb.JobSpec, data_roots: tuple[Path, ...], cuda_devices: int) -> J
     searched = _search_plan(spec, methods, t.seed) if spec.HasField("search") else None
     chosen_among = [losses.MethodConfig(name) for choice in searched.methods for name in choice.split("+")] if searched else []
     _check_augmentation(spec, training, methods + chosen_among, data_free is not None)
+    _check_specialists(spec, methods + chosen_among)
     if own and spec.HasField("distributed"):
         raise InvalidArgument("a TorchScript student (student.model_id) trains in one process: drop distributed")
     export = _export_plan(spec.export)
@@ -440,6 +441,28 @@ def _check_augmentation(spec: pb.JobSpec, training: TrainConfig, methods: list[l
             raise InvalidArgument("training.teacher_views cache the teacher's logits; these losses use no teacher")
         if spec.dataset.WhichOneof("source") == "webdataset":
             raise InvalidArgument("training.teacher_views need random access to the images; WebDataset shards are streams")
+
+
+def _check_specialists(spec: pb.JobSpec, methods: list[losses.MethodConfig]) -> None:
+    """The specialists method ships an ensemble, trained one network after another on subsets of the images."""
+    count = sum(m.method == "specialists" for m in methods)
+    if not count:
+        return
+    if count > 1 and not spec.HasField("search"):
+        raise InvalidArgument("losses: one specialists term at most (it trains the specialists of the one student)")
+    refused = {
+        "distributed": "specialists train one after another in one process: drop distributed",
+        "search": "a search scores and times one network per trial; the specialists ensemble is several: "
+                  "leave specialists out of the search",
+        "auto": "student.auto picks one network for a latency budget; the specialists ensemble runs 1 + specialists "
+                "of them: name student.architecture",
+        "webdataset": "specialists read a group's images by label: not from WebDataset shards (use an image folder)",
+    }
+    present = {"distributed": spec.HasField("distributed"), "search": spec.HasField("search"),
+               "auto": spec.student.HasField("auto"), "webdataset": spec.dataset.HasField("webdataset")}
+    for name, message in refused.items():
+        if present[name]:
+            raise InvalidArgument(message)
 
 
 _EXPORTERS = {

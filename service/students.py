@@ -17,6 +17,7 @@ from torchvision.utils import save_image
 from distill import distributed, engine, loading, models
 from distill.datafree import DataFreeResult, Generator, check_generator
 from distill.loading import LAYERED, ModelFileError
+from distill.methods import SpecialistEnsemble
 from protos.distillery.v1 import distillery_pb2 as pb
 from service import convert, model_formats, ranks, specs
 from service.job_context import JobContext, save_atomically
@@ -67,7 +68,7 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
     if plan.distributed:
         student.training, result = distil_on_ranks(ctx, plan, student.model, rank_entry)
     else:
-        student.training, result = distil(ctx, plan, inputs, student.model, ctx.resume(device))
+        student.training, result, student.model = distil(ctx, plan, inputs, student.model, ctx.resume(device))
     if result is not None:
         assert plan.data_free is not None
         check = check_generator(result.generator, inputs.teacher.model, student.model)
@@ -98,7 +99,7 @@ def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) ->
             shutil.copyfile(ctx.blobs.path(published[name].sha256), ctx.output(name))
     saved = torch.load(ctx.outputs["student.pt"], map_location="cpu", weights_only=True)
     model, _ = new_model(ctx, plan, inputs, pretrained=False)  # the trained weights replace any start
-    model.load_state_dict(saved["state_dict"])
+    model = with_weights(model, saved)
     student = Student(model, student_name(plan), saved=ctx.outputs["student.pt"], retried=True,
                       training=json_format.Parse(saved["training"], pb.TrainingSummary()))
     if saved.get("search"):
@@ -109,6 +110,15 @@ def _trained_earlier(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) ->
         student.generator = Generator.from_checkpoint(checkpoint).to(plan.training.device)
     ctx.stage("distil", "retry: the student trained by the earlier attempt (student.pt) is used; no training again")
     return student
+
+
+def with_weights(model: torch.nn.Module, saved: dict[str, Any]) -> torch.nn.Module:
+    """The trained student of a student.pt, from a new ``model`` of its architecture: the model itself, or for the
+    specialists method the ensemble of it and its specialists."""
+    if saved.get("specialists"):
+        model = SpecialistEnsemble.around(model, saved["specialists"], saved["num_classes"], saved["top_classes"])
+    model.load_state_dict(saved["state_dict"])
+    return model
 
 
 def student_name(plan: specs.JobPlan) -> str:
@@ -145,12 +155,18 @@ def new_model(
 
 def distil(
     ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, student: torch.nn.Module, resume: dict[str, Any] | None
-) -> tuple[pb.TrainingSummary, DataFreeResult | None]:
-    """Distil in this process (one of several, or the only one): the engine's one call; the data-free result too."""
+) -> tuple[pb.TrainingSummary, DataFreeResult | None, torch.nn.Module]:
+    """Distil in this process (one of several, or the only one): the engine's one call. Returns the summary, the
+    data-free result, and the trained student: ``student``, or the specialists method's ensemble around it."""
     with ctx.stop.at_step_boundaries():
         outcome = engine.run(engine_job(plan, inputs, student), **ctx.training_callbacks(), resume_from=resume,
                              stop_requested=ctx.stop, on_stage=ctx.stage)
-    return convert.training_summary(outcome.training), outcome.data_free
+    return convert.training_summary(outcome.training, class_names(inputs)), outcome.data_free, outcome.student
+
+
+def class_names(inputs: JobInputs) -> list[str]:
+    """The dataset's class names, or the teacher's output indices without one."""
+    return inputs.splits.train.classes if inputs.splits else [str(c) for c in range(inputs.teacher.num_classes)]
 
 
 def engine_job(plan: specs.JobPlan, inputs: JobInputs, student: str | torch.nn.Module) -> engine.Job:
@@ -200,7 +216,7 @@ def train_as_rank(ctx: JobContext) -> tuple[bytes, dict[str, Any] | None]:
     student, _ = new_model(ctx, plan, inputs)
     # Rank 0 reads the checkpoint and the engine hands it to the others: on the CPU, the one device all share.
     resume = ctx.resume("cpu") if ctx.rank == 0 else None
-    summary, result = distil(ctx, plan, inputs, student, resume)
+    summary, result, _ = distil(ctx, plan, inputs, student, resume)  # no specialists on ranks: trained in place
     if ctx.local_rank == 0:  # every node's worker goes on with the trained student
         trained = {"student": student.state_dict()}
         if result is not None:
@@ -233,6 +249,7 @@ def save(ctx: JobContext, plan: specs.JobPlan, student: Student, inputs: JobInpu
     """
     splits, num_classes = inputs.splits, inputs.teacher.num_classes
     normalization = splits.normalization if splits else None
+    ensemble = student.model if isinstance(student.model, SpecialistEnsemble) else None
     path = ctx.output("student.pt")
     torch.save(
         {
@@ -240,7 +257,11 @@ def save(ctx: JobContext, plan: specs.JobPlan, student: Student, inputs: JobInpu
             "student_model_id": plan.student_model_id,  # its weights load into that module
             "num_classes": num_classes,
             "input_shape": list(inputs.input_shape),
-            "classes": splits.train.classes if splits else [str(c) for c in range(num_classes)],
+            "classes": class_names(inputs),
+            # The specialists method: the class groups (by index), in the ensemble's order, and how many of the
+            # generalist's top classes call one in; the state_dict is then the ensemble's (SpecialistEnsemble).
+            "specialists": ensemble.subsets if ensemble else [],
+            "top_classes": ensemble.top_classes if ensemble else 0,
             # Empty without a dataset: the student takes the inputs the teacher took, normalised the same way.
             "mean": normalization.mean if normalization else [],
             "std": normalization.std if normalization else [],

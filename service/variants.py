@@ -12,6 +12,7 @@ import torch
 from distill.benchmark import LatencyStats, Runner, count_macs, count_parameters, measure_runners, torch_runner
 from distill.data import Normalization, Split, inference_batch_size, resize
 from distill.evaluate import AccuracyResult, accuracy
+from distill.methods import SpecialistEnsemble
 from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher, quantize, runtimes
 from exporters.runtimes.onnxruntime import CPU_EP
@@ -179,9 +180,12 @@ def export(
         reduced.append((quantize.FP16, "student.fp16.onnx"))
     # Calibration (static INT8): the inputs the student is evaluated on (generated ones for a data-free job).
     calibration = [x.numpy() for x in inputs.first(CALIBRATION_SAMPLES).split(64)]
+    # A specialists ensemble combines probabilities down to 1e-12 after its networks: 8 bits would erase them,
+    # so only the networks' layers are quantized.
+    only_ops = ("Conv", "MatMul", "Gemm") if isinstance(model, SpecialistEnsemble) else ()
     for kind, name in reduced:
         try:
-            quantize.reduce_precision(path, ctx.workdir / name, kind, calibration)
+            quantize.reduce_precision(path, ctx.workdir / name, kind, calibration, only_ops)
         except Exception as e:  # an op the quantizer cannot convert: ship the rest, say why
             log.warning("%s failed", kind, exc_info=True)
             result.notes.append(f"no {kind} variant: {str(e).splitlines()[0][:300]}")

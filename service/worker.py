@@ -27,7 +27,9 @@ from google.protobuf import json_format
 
 from distill.allocator import keep_freed_memory, limit_memory, out_of_memory
 from distill.datafree import DataFreeFailedError
+from distill.evaluate import accuracy
 from distill.loop import Interrupted
+from distill.methods import SpecialistEnsemble
 from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
@@ -164,6 +166,9 @@ def run(ctx: JobContext) -> None:
     student_shape = (input_shape[0], *(plan.export.input_size or input_shape[1:]))
     student_inputs = eval_inputs.resized(student_shape[1:]) if student_shape != input_shape else eval_inputs
     student_logits = _student_logits(student, student_inputs, student_shape != input_shape, device)
+    if isinstance(student.model, SpecialistEnsemble) and student_inputs.labels is not None and student.training:
+        generalist_logits = predict(student.model.generalist, student_inputs.batches(), device)  # what the rest adds
+        student.training.generalist_top1 = accuracy(generalist_logits, student_inputs.labels).top1
 
     ctx.stage("export")
     student.model.cpu().eval()

@@ -201,3 +201,60 @@ def test_weighted_sum_and_validation() -> None:
         methods.KnowledgeDistillation(alpha=1.5)
     with pytest.raises(ValueError):
         losses.WeightedLoss([])
+
+
+def test_specialist_loss_sees_its_classes_and_a_dustbin() -> None:
+    from distill.methods.specialists import SpecialistLoss
+
+    loss = SpecialistLoss([0, 2], num_classes=4, temperature=2.0)
+    teacher, student = [2.0, 0.0, 1.0, -1.0], [1.0, 3.0, 0.0, 0.5]
+    collapse = lambda p: [p[0], p[2], p[1] + p[3]]  # noqa: E731  (classes 0 and 2, then the dustbin)
+    expected = 4.0 * _kl(collapse(_softmax(teacher, 2.0)), collapse(_softmax(student, 2.0)))
+    step = Step(torch.tensor([student]), None, teacher_logits=torch.tensor([teacher]))
+    assert loss(step).item() == pytest.approx(expected, rel=1e-5)
+    # Only the dustbin's total counts: moving probability between classes 1 and 3 changes nothing.
+    moved = [1.0, 2.0 * math.log(math.exp(1.5) + math.exp(0.25) - 1.0), 0.0, 0.0]  # the same sum of exp(z / T)
+    assert loss(Step(torch.tensor([moved]), None, teacher_logits=torch.tensor([teacher]))).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_specialists_combination_reaches_the_papers_minimum() -> None:
+    from distill.methods.specialists import combine, objective
+
+    torch.manual_seed(0)
+    batch, num_classes = 64, 7
+    members = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1.0]])  # overlapping
+    general = torch.randn(batch, num_classes).mul(2).softmax(1)
+    joint = torch.randn(batch, 3, num_classes + 1).mul(2).masked_fill(torch.cat([members, torch.ones(3, 1)], 1) == 0, -math.inf).softmax(2)
+    own, dustbin = joint[..., :-1], joint[..., -1]
+    q = combine(general, own, dustbin, members, top_classes=2)
+    assert torch.allclose(q.sum(1), torch.ones(batch), atol=1e-5)
+    called = members.t()[general.topk(2, 1).indices].amax(1)
+    # The optimum by another road: Adam on q's logits, as the paper minimises it.
+    logits = general.log().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(3000):
+        optimiser.zero_grad()
+        objective(logits.softmax(1), general, own, dustbin, members, called).sum().backward()
+        optimiser.step()
+    reached = objective(q, general, own, dustbin, members, called)
+    best = objective(logits.detach().softmax(1), general, own, dustbin, members, called)
+    assert (reached - best).max().item() < 1e-3
+    # Uncalled specialists change nothing: with every top class outside all groups, q is the generalist's.
+    alone = combine(general, own, dustbin, torch.zeros_like(members), top_classes=2)
+    assert torch.allclose(alone, general)
+
+
+def test_specialist_groups_are_the_classes_the_teacher_confuses() -> None:
+    from distill.methods.specialists import enriched_rows, find_subsets
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 6, (3000,))
+    logits = torch.full((3000, 6), -4.0)
+    logits[torch.arange(3000), labels] = 3.0
+    partner = torch.tensor([1, 0, 3, 4, 2, 5])  # 0<->1 and 2->3->4->2 are confused; 5 is alone
+    logits[torch.arange(3000), partner[labels]] += 7.0 * torch.rand(3000)  # up to as likely as the true class
+    assert find_subsets(logits.softmax(1), clusters=3, seed=0) == [[0, 1], [2, 3, 4]]
+
+    rows = enriched_rows(labels, [0, 1], seed=0)
+    inside = torch.isin(labels[rows], torch.tensor([0, 1]))
+    assert len(set(rows.tolist())) == len(rows) and inside.sum() == (~inside).sum() == (torch.isin(labels, torch.tensor([0, 1]))).sum()

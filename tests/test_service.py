@@ -351,6 +351,34 @@ def test_feature_methods_run_through_the_api(client: Client, teacher_model: pb.M
     assert job.state == pb.JOB_STATE_FAILED and "no module 'no.such.layer'" in job.error.message
 
 
+def test_specialists_ship_one_ensemble_through_the_api(client: Client, teacher_model: pb.Model, tmp_path: Path) -> None:
+    from service.students import with_weights
+
+    spec = tiny_spec(teacher_model.id)
+    spec.losses.add(specialists=pb.SpecialistNetworks(specialists=2, specialist_epochs=1))
+    job = client.wait(client.create_job(spec).id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error.message  # exported as one graph, parity checked
+    report = client.report(job.id)
+    t = report.training
+    groups = [set(s.classes) for s in t.specialists]
+    assert t.method.startswith("specialists(T=4, alpha=0.9, specialists=2") and groups
+    assert all(2 <= len(g) < 4 for g in groups) and len(set.union(*groups)) == sum(map(len, groups))
+    assert t.HasField("generalist_top1") and report.variants[1].accuracy.top1 > 90
+    assert "## Specialists" in client.download(job.id, "report.md", tmp_path / "report.md").read_text()
+
+    # student.pt rebuilds the ensemble (what RetryJob loads): the same logits as the shipped ONNX graph.
+    saved = torch.load(client.download(job.id, "student.pt", tmp_path / "student.pt"), weights_only=True)
+    rebuilt = with_weights(models.build("lenet5_half", 4, 1), saved).eval()
+    session = ort.InferenceSession(str(client.download(job.id, "student.onnx", tmp_path / "student.onnx")))
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert np.allclose(session.run(None, {"input": x.numpy()})[0], rebuilt(x).numpy(), atol=1e-4)
+
+    spec.search.parameters.add(name="training.learning_rate", low=0.01, high=0.1)
+    err = rpc_error(client.create_job, spec)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "leave specialists out of the search" in err.details()
+
+
 def data_free_spec(teacher_id: str) -> pb.JobSpec:
     """A data-free job of a few seconds: no dataset, a narrow generator, 20 iterations."""
     return pb.JobSpec(

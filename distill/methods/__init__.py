@@ -12,6 +12,7 @@ from distill.methods.fsp import FlowDiscriminators, FlowOfSolutionProcedure, fsp
 from distill.methods.dense_flow import DenseFlow
 from distill.methods.ktsvd import SingularVectorTransfer, leading_singular_vectors
 from distill.methods.self_distill import SelfDistillation
+from distill.methods.specialists import SpecialistEnsemble, SpecialistNetworks
 
 __all__ = [
     "AttentionTransfer",
@@ -24,6 +25,8 @@ __all__ = [
     "KnowledgeDistillation",
     "SelfDistillation",
     "SingularVectorTransfer",
+    "SpecialistEnsemble",
+    "SpecialistNetworks",
     "attention_map",
     "fsp_matrix",
     "leading_singular_vectors",

@@ -418,7 +418,7 @@ class GeneratedDataset(_message.Message):
     def __init__(self, num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., train_size: _Optional[int] = ..., val_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class LossTerm(_message.Message):
-    __slots__ = ("weight", "kd", "cross_entropy", "fitnet", "attention", "fsp", "self_distill", "dkd", "dense_flow", "ktsvd")
+    __slots__ = ("weight", "kd", "cross_entropy", "fitnet", "attention", "fsp", "self_distill", "dkd", "dense_flow", "ktsvd", "specialists")
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     KD_FIELD_NUMBER: _ClassVar[int]
     CROSS_ENTROPY_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +429,7 @@ class LossTerm(_message.Message):
     DKD_FIELD_NUMBER: _ClassVar[int]
     DENSE_FLOW_FIELD_NUMBER: _ClassVar[int]
     KTSVD_FIELD_NUMBER: _ClassVar[int]
+    SPECIALISTS_FIELD_NUMBER: _ClassVar[int]
     weight: float
     kd: KnowledgeDistillation
     cross_entropy: CrossEntropy
@@ -439,7 +440,8 @@ class LossTerm(_message.Message):
     dkd: DecoupledKnowledgeDistillation
     dense_flow: FlowOfSolutionProcedure
     ktsvd: SingularVectorTransfer
-    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ..., dkd: _Optional[_Union[DecoupledKnowledgeDistillation, _Mapping]] = ..., dense_flow: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., ktsvd: _Optional[_Union[SingularVectorTransfer, _Mapping]] = ...) -> None: ...
+    specialists: SpecialistNetworks
+    def __init__(self, weight: _Optional[float] = ..., kd: _Optional[_Union[KnowledgeDistillation, _Mapping]] = ..., cross_entropy: _Optional[_Union[CrossEntropy, _Mapping]] = ..., fitnet: _Optional[_Union[FitNet, _Mapping]] = ..., attention: _Optional[_Union[AttentionTransfer, _Mapping]] = ..., fsp: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., self_distill: _Optional[_Union[SelfDistillation, _Mapping]] = ..., dkd: _Optional[_Union[DecoupledKnowledgeDistillation, _Mapping]] = ..., dense_flow: _Optional[_Union[FlowOfSolutionProcedure, _Mapping]] = ..., ktsvd: _Optional[_Union[SingularVectorTransfer, _Mapping]] = ..., specialists: _Optional[_Union[SpecialistNetworks, _Mapping]] = ...) -> None: ...
 
 class LayerPair(_message.Message):
     __slots__ = ("teacher", "student")
@@ -490,6 +492,20 @@ class SingularVectorTransfer(_message.Message):
     flow_epochs: int
     singular_vectors: int
     def __init__(self, layers: _Optional[_Iterable[_Union[LayerPair, _Mapping]]] = ..., flow_epochs: _Optional[int] = ..., singular_vectors: _Optional[int] = ...) -> None: ...
+
+class SpecialistNetworks(_message.Message):
+    __slots__ = ("temperature", "alpha", "specialists", "specialist_epochs", "top_classes")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    SPECIALISTS_FIELD_NUMBER: _ClassVar[int]
+    SPECIALIST_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    TOP_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    alpha: float
+    specialists: int
+    specialist_epochs: int
+    top_classes: int
+    def __init__(self, temperature: _Optional[float] = ..., alpha: _Optional[float] = ..., specialists: _Optional[int] = ..., specialist_epochs: _Optional[int] = ..., top_classes: _Optional[int] = ...) -> None: ...
 
 class SelfDistillation(_message.Message):
     __slots__ = ("kl_weight", "mmd_weight")
@@ -1061,7 +1077,7 @@ class Latency(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., stdev_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., p95_ms: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., speedup_vs_teacher: _Optional[float] = ..., speedup_vs_teacher_pytorch: _Optional[float] = ...) -> None: ...
 
 class TrainingSummary(_message.Message):
-    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen", "data_loading", "augmentation", "pretrained")
+    __slots__ = ("method", "epochs", "steps", "final_loss", "wall_seconds", "device", "train_samples", "val_samples", "processes", "samples_seen", "data_loading", "augmentation", "pretrained", "specialists", "generalist_top1")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -1075,6 +1091,8 @@ class TrainingSummary(_message.Message):
     DATA_LOADING_FIELD_NUMBER: _ClassVar[int]
     AUGMENTATION_FIELD_NUMBER: _ClassVar[int]
     PRETRAINED_FIELD_NUMBER: _ClassVar[int]
+    SPECIALISTS_FIELD_NUMBER: _ClassVar[int]
+    GENERALIST_TOP1_FIELD_NUMBER: _ClassVar[int]
     method: str
     epochs: int
     steps: int
@@ -1088,7 +1106,17 @@ class TrainingSummary(_message.Message):
     data_loading: str
     augmentation: str
     pretrained: PretrainedStart
-    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ..., data_loading: _Optional[str] = ..., augmentation: _Optional[str] = ..., pretrained: _Optional[_Union[PretrainedStart, _Mapping]] = ...) -> None: ...
+    specialists: _containers.RepeatedCompositeFieldContainer[Specialist]
+    generalist_top1: float
+    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., final_loss: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., processes: _Optional[int] = ..., samples_seen: _Optional[int] = ..., data_loading: _Optional[str] = ..., augmentation: _Optional[str] = ..., pretrained: _Optional[_Union[PretrainedStart, _Mapping]] = ..., specialists: _Optional[_Iterable[_Union[Specialist, _Mapping]]] = ..., generalist_top1: _Optional[float] = ...) -> None: ...
+
+class Specialist(_message.Message):
+    __slots__ = ("classes", "train_samples")
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    train_samples: int
+    def __init__(self, classes: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ...) -> None: ...
 
 class PretrainedStart(_message.Message):
     __slots__ = ("model_id", "tensors_loaded", "reinitialised", "adapted")
