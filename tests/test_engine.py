@@ -53,3 +53,27 @@ def test_a_job_without_data_must_be_data_free_with_a_shape(tiny_teacher: torch.n
     splits = data.Splits(*data.generated_splits(**{**TINY_DATA, "num_classes": 3}))
     with pytest.raises(ValueError, match="the teacher has 4 outputs but the dataset has 3 classes"):
         engine.run(engine.Job(teacher=tiny_teacher, student="lenet5_half", data=splits))
+
+
+def test_specialists_resume_mid_specialist_as_if_never_stopped(tiny_teacher: torch.nn.Module) -> None:
+    """A stop during a specialist's run checkpoints the finished generalist too; the resumed job skips it and ends
+    with the ensemble an unstopped job trains, weight for weight."""
+    splits = data.Splits(*data.generated_splits(**TINY_DATA))
+    specialists = MethodConfig("specialists", params={"specialists": 2, "specialist_epochs": 2})
+
+    def job() -> engine.Job:
+        return engine.Job(teacher=tiny_teacher, student="lenet5_half", data=splits, methods=(specialists,),
+                          training=TrainConfig(epochs=2, batch_size=64), normalization=splits.normalization,
+                          evaluate=False)
+
+    whole = engine.run(job())
+    assert whole.training.specialists and whole.training.steps > 2 * 13  # 800 images in batches of 64, then more
+    polls, saved = [], []
+    with pytest.raises(loop.Interrupted):
+        engine.run(job(), on_checkpoint=saved.append, stop_requested=lambda: polls.append(1) or len(polls) == 2 * 13 + 3)
+    assert saved[-1]["specialist"] == 0 and "generalist" in saved[-1]
+    progress: list[loop.Progress] = []
+    resumed = engine.run(job(), resume_from=saved[-1], on_progress=progress.append)
+    assert progress[0].step > 2 * 13 and progress[-1].step == progress[-1].total_steps == whole.training.steps
+    for name, tensor in whole.student.state_dict().items():
+        assert torch.equal(tensor, resumed.student.state_dict()[name]), name

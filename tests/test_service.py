@@ -365,6 +365,7 @@ def test_specialists_ship_one_ensemble_through_the_api(client: Client, teacher_m
     assert all(2 <= len(g) < 4 for g in groups) and len(set.union(*groups)) == sum(map(len, groups))
     assert t.HasField("generalist_top1") and report.variants[1].accuracy.top1 > 90
     assert "## Specialists" in client.download(job.id, "report.md", tmp_path / "report.md").read_text()
+    assert "<h2>Specialists</h2>" in client.download(job.id, "report.html", tmp_path / "report.html").read_text()
 
     # student.pt rebuilds the ensemble (what RetryJob loads): the same logits as the shipped ONNX graph.
     saved = torch.load(client.download(job.id, "student.pt", tmp_path / "student.pt"), weights_only=True)

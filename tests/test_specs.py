@@ -75,7 +75,7 @@ def test_defaults_fill_an_almost_empty_spec(tmp_path: Path) -> None:
     assert plan.dataset.generated["train_size"] == 6000
 
 
-@pytest.mark.parametrize("example", ["mnist-kd.yaml", "mnist-datafree.yaml", "cifar10-8gpu.yaml"])
+@pytest.mark.parametrize("example", ["mnist-kd.yaml", "mnist-datafree.yaml", "cifar10-8gpu.yaml", "cifar10-specialists.yaml"])
 def test_a_plan_is_stored_as_json_and_comes_back_equal(tmp_path: Path, example: str) -> None:
     """CreateJob stores the resolved plan with the job; the worker and every rank run exactly that one."""
     text = (Path(__file__).resolve().parents[1] / "examples" / example).read_text()
