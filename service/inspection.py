@@ -3,12 +3,12 @@
 ``model_formats.inspect`` reads archive directories, scans pickles and loads
 the model as a job would. Run in the server it could stall every RPC or take
 the process down (a zip bomb, a protobuf that declares gigabytes, a parser
-that crashes). Here it runs in a process forked from a forkserver that has
-torch and onnx imported already (a few ms a start, not seconds), under
-RLIMIT_DATA and a deadline; the calling thread only waits.
+that crashes). Here it runs in a process forked from the server's forkserver
+(service/forkserver.py), torch and onnx imported already (a few ms a start,
+not seconds), under RLIMIT_DATA and a deadline, at the API's priority; the
+calling thread only waits.
 
-Nothing in this module imports gRPC: the forkserver and its children stay
-free of the server's threads and sockets.
+Nothing in this module imports gRPC: the forkserver preloads it.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
-import multiprocessing
-import multiprocessing.forkserver
+import os
 import signal
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from distill import allocator
 from distill.model_checks import ArchiveLimits, ModelFileError
-from service import model_formats
+from service import forkserver, model_formats
 
 # The runtime a child starts from is not counted; what inspection itself may allocate is this plus 4x the file
 # (onnxruntime holds the parsed protobuf, the initializers and an optimised copy at once).
@@ -47,17 +46,12 @@ class Inspector:
     instead of taking the threads other RPCs hand blocking work to.
     """
 
-    def __init__(self, limits: ArchiveLimits, timeout_s: float, concurrency: int = 2) -> None:
+    def __init__(self, limits: ArchiveLimits, timeout_s: float, concurrency: int = 2, nice: int = 0) -> None:
         self.limits = limits
         self.timeout_s = timeout_s
-        self._context = multiprocessing.get_context("forkserver")
-        # torch.export's deserializer is imported lazily and slowly: once, in the forkserver.
-        self._context.set_forkserver_preload([__name__, "torch._export.serde.serialize"])
+        self.nice = nice  # how much nicer than the forkserver (the workers' priority) a child runs
+        self._context = forkserver.context()
         self._waiters = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="inspect")
-
-    def warm(self) -> None:
-        """Start the forkserver now (it imports torch once), so the first upload does not wait for it."""
-        multiprocessing.forkserver.ensure_running()
 
     async def run(self, path: Path) -> int:
         """``inspect`` on one of this inspector's threads; the event loop keeps serving meanwhile."""
@@ -72,7 +66,7 @@ class Inspector:
         budget = memory_budget(path.stat().st_size)
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_inspect_in_child, args=(sender, str(path), self.limits, budget, self.timeout_s),
+            target=_inspect_in_child, args=(sender, str(path), self.limits, budget, self.timeout_s, self.nice),
             name="distillery-inspect", daemon=True,
         )
         process.start()
@@ -115,8 +109,12 @@ def _crashed(exitcode: int | None, budget: int) -> Exception:
     return ModelFileError(f"the model loader crashed on this file ({how}); it is malformed")
 
 
-def _inspect_in_child(reply: Connection, path: str, limits: ArchiveLimits, budget: int, timeout_s: float) -> None:
+def _inspect_in_child(reply: Connection, path: str, limits: ArchiveLimits, budget: int, timeout_s: float,
+                      nice: int) -> None:
     signal.alarm(math.ceil(timeout_s) + 5)  # a second deadline, should the server die and leave this child behind
+    forkserver.leave()
+    if nice:
+        os.nice(nice)  # API work: it yields to training, as the server's API threads do
     allocator.limit_memory(budget)
     try:
         answer = ("format", model_formats.inspect(Path(path), limits))

@@ -49,6 +49,7 @@ async def serve(config: ServerConfig) -> None:
     store = StoreThread(Store(config.db_path))  # SQLite off the event loop, on one thread of its own
     supervisor = Supervisor(config, store)  # its worker-starting thread keeps the original priority
     supervisor.recover()
+    supervisor.start_forkserver()  # from that thread too: workers inherit the forkserver's priority
     lower_api_priority(config.api_nice)
 
     message_limit = config.max_message_bytes
@@ -77,7 +78,6 @@ async def serve(config: ServerConfig) -> None:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     supervisor_task = asyncio.create_task(supervisor.run())
-    warming = asyncio.create_task(asyncio.to_thread(servicer.inspector.warm))  # imports torch once, off the loop
     print(f"{READY_PREFIX}{port}", flush=True)
     log.info(
         "serving on %s:%d (%s, %s), data in %s",
@@ -99,7 +99,6 @@ async def serve(config: ServerConfig) -> None:
     await health_servicer.enter_graceful_shutdown()
     await supervisor.shutdown()
     await supervisor_task
-    await warming
     await server.stop(grace=5)
     store.close()
 

@@ -83,7 +83,8 @@ class DistillationServicer(pb_grpc.DistillationServiceServicer):
         self.store = store  # every call awaited: SQLite runs on the store's thread, never on the event loop
         self.supervisor = supervisor
         self.blobs = BlobStore(config.blobs_dir, config.tmp_dir)
-        self.inspector = Inspector(model_formats.archive_limits(config.max_upload_bytes), config.inspect_timeout_s)
+        self.inspector = Inspector(model_formats.archive_limits(config.max_upload_bytes), config.inspect_timeout_s,
+                                   nice=config.api_nice)
         self.cuda_devices = torch.cuda.device_count()
 
     # ------------------------------------------------------------- models

@@ -1,8 +1,9 @@
-"""Runs queued jobs in spawned worker processes, at most K at a time.
+"""Runs queued jobs in worker processes, at most K at a time.
 
-Spawned, not forked: a worker starts clean (no copy of the server's threads,
-sockets or CUDA state), and a crash in it (segfault, OOM kill) takes down that
-job only. The supervisor polls: it reaps finished workers, starts queued jobs
+Forked from the server's forkserver (service/forkserver.py), never from the
+server itself: a worker starts clean (no copy of the server's threads,
+sockets or CUDA state) with torch and the engine imported already, and a
+crash in it (segfault, OOM kill) takes down that job only. The supervisor polls: it reaps finished workers, starts queued jobs
 into free slots, and wakes WatchJob streams when new events land.
 
 Its ticks run on the store's thread, not the event loop: they read and write
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import multiprocessing
 import os
 import signal
 import time
@@ -24,7 +24,7 @@ from multiprocessing.process import BaseProcess
 import grpc
 
 from protos.distillery.v1 import distillery_pb2 as pb
-from service import worker
+from service import forkserver, worker
 from service.config import ServerConfig
 from service.job_states import TERMINAL_STATES
 from service.store import StoreThread
@@ -55,8 +55,8 @@ class Supervisor:
         self.store = store_thread.store  # only ever used on the store's thread (or before the server serves)
         self.running: dict[str, BaseProcess] = {}
         self.accepting = True
-        self._context = multiprocessing.get_context("spawn")
-        # A child inherits the nice value of the thread that starts it. Workers start from this
+        self._context = forkserver.context()
+        # A child inherits the nice value of the thread that starts it. The forkserver starts from this
         # thread, made before the server lowers its own threads' priority (server.lower_api_priority).
         self._starter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="worker-starter")
         self._starter.submit(lambda: None).result()
@@ -64,6 +64,10 @@ class Supervisor:
         self._watermark = -1
         self._stopped = asyncio.Event()
         self._run_time_saved = time.monotonic()
+
+    def start_forkserver(self) -> None:
+        """Start the forkserver workers fork from (at this thread's priority); it imports in the background."""
+        self._starter.submit(forkserver.start).result()
 
     def recover(self) -> None:
         """Jobs that were RUNNING when the server died go back to the queue (they resume from a checkpoint)."""

@@ -1,4 +1,4 @@
-"""One job, start to finish, in its own spawned process: process control, then one linear run.
+"""One job, start to finish, in its own process (forked from the server's forkserver): process control, then one linear run.
 
 load_teacher -> build_student -> distil -> evaluate -> export -> benchmark -> report -> publish
 
@@ -17,9 +17,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import shutil
 import signal
 import sys
+import threading
 from typing import Any
 
 import torch
@@ -33,7 +35,7 @@ from distill.methods import SpecialistEnsemble
 from distill.trainer import predict
 from exporters import onnx_export, onnx_teacher
 from protos.distillery.v1 import distillery_pb2 as pb
-from service import bundle, ranks, report_build, report_html, search_job, student_pick, students, variants
+from service import bundle, forkserver, ranks, report_build, report_html, search_job, student_pick, students, variants
 from service import report as report_format
 from service.config import ServerConfig
 from service.errors import describe, status_code
@@ -50,10 +52,12 @@ _PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 
 def main(config: ServerConfig, job_id: str, server_pid: int) -> None:
-    """Process entry point (spawned by the supervisor)."""
+    """Process entry point (started by the supervisor, from its forkserver)."""
     # Own process group: cancelling kills the worker and anything it started.
     os.setpgrp()
+    forkserver.leave()
     _die_with_parent(server_pid)
+    _die_with_server(server_pid)
     # The parent owns shutdown; a Ctrl-C in the terminal must not kill jobs half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = StopRequest()
@@ -131,17 +135,52 @@ def rank_main(config: ServerConfig, job_id: str, worker_pid: int) -> tuple[bytes
         store.close()
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (even by kill -9).
+def _die_with_parent(owner_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (even by kill -9); exit now if ``owner_pid`` is gone.
 
-    A worker outliving the server would keep training a job that the restarted
-    server requeues and runs again: two writers of one checkpoint. A training
-    process outliving its worker would wait on its peers for ever.
+    A worker's parent is the server's forkserver, which exits when the server
+    does; a training process's is its worker (``owner_pid`` either way for
+    training processes). A worker outliving the server would keep training a
+    job that the restarted server requeues and runs again: two writers of one
+    checkpoint. A training process outliving its worker would wait on its
+    peers for ever.
     """
+    parent = os.getppid()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # it died before the request took effect
+    if os.getppid() != parent or not _alive(owner_pid):  # it died before the request took effect
         os._exit(1)
+
+
+def _die_with_server(server_pid: int) -> None:
+    """SIGKILL this worker the moment the server exits (Linux 5.3+: a pidfd becomes readable then).
+
+    The forkserver, this worker's parent, exits when the server does, but only
+    after its interpreter's teardown: long enough for a small job to finish and
+    write to the store that the restarted server owns. A daemon thread waits
+    on the server's pidfd instead; where pidfds are missing, the parent-death
+    signal is the only guard.
+    """
+    try:
+        pidfd = os.pidfd_open(server_pid)
+    except (AttributeError, OSError):  # no pidfd_open here, or the server is gone already (then the parent check ends us)
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's: a pid taken over after the owner died
+        return False
+    return True
 
 
 def run(ctx: JobContext) -> None:

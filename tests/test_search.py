@@ -133,10 +133,10 @@ def test_a_search_job_survives_a_restart_and_trains_the_chosen_values_on_the_who
         with Client(address) as client:
             teacher = client.upload(teacher_file, architecture="lenet5")
             spec = tiny_spec(teacher.id)
-            spec.training.epochs = 1
+            spec.training.epochs = 6  # the chosen trial's training: the kill lands before the job ends
             spec.export.MergeFrom(pb.ExportSpec(int8=False, fp16=False, exporter=pb.ONNX_EXPORTER_TORCHSCRIPT))
             spec.benchmark.batch_sizes[:] = [1]
-            spec.search.MergeFrom(pb.SearchSpec(trials=3, held_out_fraction=0.25, parameters=[
+            spec.search.MergeFrom(pb.SearchSpec(trials=3, held_out_fraction=0.25, trial_epochs=1, parameters=[
                 pb.SearchParameter(name="kd.temperature", low=1, high=8, log=True),
                 pb.SearchParameter(name="training.learning_rate", low=0.005, high=0.1, log=True)]))
             spec.search.parameters.add(name="dkd.beta", low=1, high=8)

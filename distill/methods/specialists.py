@@ -34,15 +34,21 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.data import Normalization, Split
+from distill.loop import CheckpointFn, Progress, ProgressFn, StopFn
+from distill.streaming import WebDatasetShards
 from distill.losses import Loss, Param, Step, WeightedLoss, register
 from distill.methods.kd import KnowledgeDistillation
+
+if TYPE_CHECKING:
+    from distill.trainer import TrainConfig  # the trainer imports the method registry, this module included
 
 # The teacher's soft-target covariance is estimated on at most this many training images (a seeded sample).
 COVARIANCE_SAMPLES = 20_000
@@ -233,13 +239,13 @@ def train(
     student: nn.Module,
     teacher: Callable[[torch.Tensor], torch.Tensor],
     loss: WeightedLoss,
-    train_split: Any,
-    normalization: Any,
-    config: Any,
-    on_progress: Callable[..., None] | None,
-    on_checkpoint: Callable[[dict[str, Any]], None] | None,
+    train_split: Split,
+    normalization: Normalization,
+    config: TrainConfig,
+    on_progress: ProgressFn | None,
+    on_checkpoint: CheckpointFn | None,
     resume_from: dict[str, Any] | None,
-    stop_requested: Callable[[], bool] | None,
+    stop_requested: StopFn | None,
 ) -> Trained:
     """Train the generalist (``student``, in place, on ``loss``), then each specialist; return the ensemble.
 
@@ -248,9 +254,8 @@ def train(
     Progress counts the steps of all runs together.
     """
     from distill import trainer  # the trainer imports the method registry; this module is part of it
-    from distill.loop import Progress
 
-    if isinstance(train_split, trainer.WebDatasetShards):
+    if isinstance(train_split, WebDatasetShards):
         raise ValueError("specialists read a subset's images by label: not from WebDataset shards (use an image folder)")
     device = config.device
     sample = train_split.select(torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.seed))
