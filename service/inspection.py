@@ -8,7 +8,8 @@ that crashes). Here it runs in a process forked from the server's forkserver
 not seconds), under RLIMIT_DATA and a deadline, at the API's priority; the
 calling thread only waits.
 
-Nothing in this module imports gRPC: the forkserver preloads it.
+Nothing in this module imports gRPC: the forkserver preloads this module and
+stays free of gRPC's threads and sockets.
 """
 
 from __future__ import annotations

@@ -448,20 +448,18 @@ def _check_specialists(spec: pb.JobSpec, methods: list[losses.MethodConfig]) -> 
     count = sum(m.method == "specialists" for m in methods)
     if not count:
         return
-    if count > 1 and not spec.HasField("search"):
-        raise InvalidArgument("losses: one specialists term at most (it trains the specialists of the one student)")
-    refused = {
-        "distributed": "specialists train one after another in one process: drop distributed",
-        "search": "a search scores and times one network per trial; the specialists ensemble is several: "
-                  "leave specialists out of the search",
-        "auto": "student.auto picks one network for a latency budget; the specialists ensemble runs 1 + specialists "
-                "of them: name student.architecture",
-        "webdataset": "specialists read a group's images by label: not from WebDataset shards (use an image folder)",
-    }
-    present = {"distributed": spec.HasField("distributed"), "search": spec.HasField("search"),
-               "auto": spec.student.HasField("auto"), "webdataset": spec.dataset.HasField("webdataset")}
-    for name, message in refused.items():
-        if present[name]:
+    refusals = [
+        (spec.HasField("distributed"), "specialists train one after another in one process: drop distributed"),
+        (spec.HasField("search"), "a search scores and times one network per trial; the specialists ensemble is "
+                                  "several: leave specialists out of the search"),
+        (spec.student.HasField("auto"), "student.auto picks one network for a latency budget; the specialists "
+                                        "ensemble runs 1 + specialists of them: name student.architecture"),
+        (spec.dataset.HasField("webdataset"), "specialists read a group's images by label: not from WebDataset "
+                                              "shards (use an image folder)"),
+        (count > 1, "losses: one specialists term at most (it trains the specialists of the one student)"),
+    ]
+    for refused, message in refusals:
+        if refused:
             raise InvalidArgument(message)
 
 

@@ -3,8 +3,9 @@
 Forked from the server's forkserver (service/forkserver.py), never from the
 server itself: a worker starts clean (no copy of the server's threads,
 sockets or CUDA state) with torch and the engine imported already, and a
-crash in it (segfault, OOM kill) takes down that job only. The supervisor polls: it reaps finished workers, starts queued jobs
-into free slots, and wakes WatchJob streams when new events land.
+crash in it (segfault, OOM kill) takes down that job only. The supervisor
+polls: it reaps finished workers, starts queued jobs into free slots, and
+wakes WatchJob streams when new events land.
 
 Its ticks run on the store's thread, not the event loop: they read and write
 SQLite. Everything that changes which jobs run (a tick, a cancel's store

@@ -138,9 +138,9 @@ def rank_main(config: ServerConfig, job_id: str, worker_pid: int) -> tuple[bytes
 def _die_with_parent(owner_pid: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (even by kill -9); exit now if ``owner_pid`` is gone.
 
-    A worker's parent is the server's forkserver, which exits when the server
-    does; a training process's is its worker (``owner_pid`` either way for
-    training processes). A worker outliving the server would keep training a
+    ``owner_pid``: the server for a worker (whose parent is the server's
+    forkserver, which exits when the server does), the worker for a training
+    process (its parent). A worker outliving the server would keep training a
     job that the restarted server requeues and runs again: two writers of one
     checkpoint. A training process outliving its worker would wait on its
     peers for ever.
@@ -176,9 +176,7 @@ def _die_with_server(server_pid: int) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's: a pid taken over after the owner died
+    except (ProcessLookupError, PermissionError):  # gone, or its pid taken by another user's process since
         return False
     return True
 

@@ -278,3 +278,26 @@ def test_augmentation_auto_follows_the_budget_and_bad_pairs_are_refused(tmp_path
     for message, spec in refusals.items():
         with pytest.raises(InvalidArgument, match=message):
             plan(spec)
+
+
+def test_specialists_refuse_what_would_train_or_time_one_network(tmp_path: Path) -> None:
+    spec = pb.JobSpec(
+        teacher_model_id="m-x",
+        student=pb.StudentSpec(architecture="lenet5_half"),
+        dataset=pb.DatasetSpec(generated=pb.GeneratedDataset()),
+    )
+    spec.losses.add(specialists=pb.SpecialistNetworks(specialists=4))
+    assert specs.plan(spec, (tmp_path,), cuda_devices=0).methods[0].params["specialists"] == 4
+    refusals = [
+        (lambda s: s.distributed.__setattr__("processes_per_node", 2), "drop distributed"),
+        (lambda s: s.student.auto.__setattr__("max_latency_ms", 5), "name student.architecture"),
+        (lambda s: s.losses.add(specialists=pb.SpecialistNetworks()), "one specialists term at most"),
+    ]
+    for mutate, message in refusals:
+        changed = pb.JobSpec()
+        changed.CopyFrom(spec)
+        mutate(changed)
+        if changed.student.HasField("auto"):
+            changed.student.ClearField("architecture")
+        with pytest.raises(InvalidArgument, match=message):
+            specs.plan(changed, (tmp_path,), cuda_devices=0)
