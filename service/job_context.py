@@ -35,6 +35,9 @@ STAGE_START = {
     "benchmark": 0.90,
     "report": 0.98,
 }
+# A search job's trials take about as long as its final training (trial epochs x trials against epochs): they
+# get that share of the scale, each ended trial a step along it.
+SEARCH_STAGE_START = {**STAGE_START, "build_student": 0.45, "distil": 0.46}
 
 
 class StopRequest:
@@ -91,6 +94,7 @@ class JobContext:
         self.threads = self.config.threads_per_worker()
         self.archive_limits = model_formats.archive_limits(self.config.max_upload_bytes)
         self.current_stage = ""  # the last stage announced: what a failure is reported against
+        self.stage_starts = STAGE_START  # SEARCH_STAGE_START for a search job (set by the worker)
 
     def output(self, name: str) -> Path:
         """The path to write artifact ``name`` to; it is published with the job."""
@@ -110,22 +114,27 @@ class JobContext:
 
     # ------------------------------------------------------------ events
 
-    def stage(self, name: str, message: str = "", metrics: dict[str, float] | None = None) -> None:
+    def stage(self, name: str, message: str = "", metrics: dict[str, float] | None = None, done: float = 0.0) -> None:
+        """Announce stage ``name`` (again, with ``done`` > 0: how far through it, 0..1)."""
         log.info("stage %s %s", name, message)
         self.current_stage = name
         release_freed_memory()
         if self.local_rank != 0:
             return
-        self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=STAGE_START[name], message=message,
-                                                            metrics=metrics))
+        self.store.record_progress(self.job_id, pb.JobEvent(stage=name, progress=self._progress(name, done),
+                                                            message=message, metrics=metrics))
+
+    def _progress(self, stage: str, done: float) -> float:
+        start = self.stage_starts[stage]
+        end = min((s for s in self.stage_starts.values() if s > start), default=1.0)
+        return start + (end - start) * min(max(done, 0.0), 1.0)
 
     def on_progress(self, p: Progress) -> None:
-        span = STAGE_START["evaluate"] - STAGE_START["distil"]
         self.store.record_progress(
             self.job_id,
             pb.JobEvent(
                 stage="distil",
-                progress=STAGE_START["distil"] + span * p.step / p.total_steps,
+                progress=self._progress("distil", p.step / p.total_steps),
                 step=p.step,
                 total_steps=p.total_steps,
                 loss=p.loss,

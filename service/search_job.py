@@ -46,7 +46,8 @@ def run(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> specs.JobPla
         ctx.stage("search", f"search trial {trial.number} ({describe(trial)}): {_outcome(trial)}; "
                             f"{ended} of {config.trials} ended{leader}",
                   metrics={"trial": ended, "trials": config.trials,
-                           **({"best_held_out_top1": best.held_out_top1 or 0.0} if best else {})})
+                           **({"best_held_out_top1": best.held_out_top1 or 0.0} if best else {})},
+                  done=ended / config.trials)
 
     # As many trials at once as the server has job slots free (--max-concurrent-jobs): held until the search ends.
     parallel = ctx.store.claim_slots(ctx.job_id, config.trials, ctx.config.max_concurrent_jobs)
@@ -74,7 +75,8 @@ def run(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs) -> specs.JobPla
                       f"({describe(best)}) then trained the shipped student on the whole training split for "
                       f"{plan.training.epochs} epochs, and only that student met the validation split")
     log.info("search chose: %s", summary.reason)
-    ctx.stage("search", f"trial {best.number} chosen ({describe(best)}): it trains the student on the whole split")
+    ctx.stage("search", f"trial {best.number} chosen ({describe(best)}): it trains the student on the whole split",
+              done=1.0)
     chosen = replace(
         plan,
         student_architecture=best.choices.get(search.STUDENT, plan.student_architecture),

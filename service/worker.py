@@ -39,7 +39,7 @@ from service import bundle, forkserver, ranks, report_build, report_html, search
 from service import report as report_format
 from service.config import ServerConfig
 from service.errors import describe, status_code
-from service.job_context import JobContext, StopRequest
+from service.job_context import SEARCH_STAGE_START, JobContext, StopRequest
 from service.job_inputs import JobInputs, accepted_plan, load_inputs
 from service.store import Store
 from service.variants import PARITY_SAMPLES, EvalInputs
@@ -185,6 +185,8 @@ def run(ctx: JobContext) -> None:
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     plan = accepted_plan(ctx)
     device = plan.training.device
+    if plan.search is not None:
+        ctx.stage_starts = SEARCH_STAGE_START  # the trials get their share of the progress scale
 
     ctx.stage("load_teacher")
     inputs = load_inputs(ctx, plan)

@@ -155,6 +155,7 @@ def test_a_search_job_survives_a_restart_and_trains_the_chosen_values_on_the_who
             # Two trials run at once: by the time the first is heard of, the other may have ended too.
             ended = int(re.search(r"; (\d) of 3 ended", first.message).group(1))
             assert ended in (1, 2) and first.metrics["trials"] == 3 and first.metrics["trial"] == ended
+            assert first.progress == pytest.approx(0.025 + (0.45 - 0.025) * ended / 3)  # the trials' share of the bar
             worker = worker_pid(data_dir, job.id)
         process.kill()  # mid-search: one trial finished, others running or about to
         process.wait()
