@@ -62,6 +62,9 @@ def obtain(ctx: JobContext, plan: specs.JobPlan, inputs: JobInputs, rank_entry: 
     if earlier is not None:
         return earlier
     model, start = new_model(ctx, plan, inputs)
+    if start is not None:
+        ctx.stage("build_student", f"from {start.model_id}: {start.tensors_loaded} tensors loaded, re-initialised: "
+                                   f"{', '.join(start.reinitialised) or 'none'}, adapted: {', '.join(start.adapted) or 'none'}")
     student = Student(model, student_name(plan))
     if plan.search_result:  # the search stage ran: this is its chosen trial, trained on the whole split
         student.search = json_format.Parse(plan.search_result, pb.SearchSummary())
@@ -147,8 +150,6 @@ def new_model(
         start = loading.start_from(model, weights)
     except ModelFileError as e:
         raise ModelFileError(f"student.init_model_id {row.id}: {e}") from e
-    ctx.stage("build_student", f"from {row.id}: {start.tensors_loaded} tensors loaded, "
-                               f"re-initialised: {', '.join(start.reinitialised) or 'none'}, adapted: {', '.join(start.adapted) or 'none'}")
     return model, pb.PretrainedStart(model_id=row.id, tensors_loaded=start.tensors_loaded,
                                      reinitialised=start.reinitialised, adapted=start.adapted)
 
