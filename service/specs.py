@@ -404,7 +404,8 @@ def _augmentation(t: pb.TrainingSpec) -> str:
 
 
 # Methods that read only the teacher's logits: its outputs can be cached per augmented view.
-_LOGIT_METHODS = ("kd", "dkd", "cross_entropy")
+_LOGIT_METHODS = ("kd", "dkd", "cross_entropy", "specialists")
+_TEACHER_LOGIT_METHODS = ("kd", "dkd", "specialists")  # those of them that read the teacher
 
 
 def _teacher_views(spec: pb.JobSpec) -> int:
@@ -418,8 +419,9 @@ def _teacher_views(spec: pb.JobSpec) -> int:
         and not spec.HasField("data_free")
         and spec.dataset.WhichOneof("source") != "webdataset"
         and all(term.WhichOneof("method") in _LOGIT_METHODS for term in spec.losses)
-        and (not spec.losses or any(term.WhichOneof("method") in ("kd", "dkd") for term in spec.losses))  # a teacher
-        and all(set(c.split("+")) <= set(_LOGIT_METHODS) and set(c.split("+")) & {"kd", "dkd"} for c in spec.search.methods)
+        and (not spec.losses or any(term.WhichOneof("method") in _TEACHER_LOGIT_METHODS for term in spec.losses))
+        and all(set(c.split("+")) <= set(_LOGIT_METHODS) and set(c.split("+")) & set(_TEACHER_LOGIT_METHODS)
+                for c in spec.search.methods)
     )
     return augment.DEFAULT_TEACHER_VIEWS if allowed else 0
 
@@ -437,7 +439,7 @@ def _check_augmentation(spec: pb.JobSpec, training: TrainConfig, methods: list[l
         live = names - set(_LOGIT_METHODS)
         if live:
             raise InvalidArgument(f"training.teacher_views cache the teacher's logits; {', '.join(sorted(live))} need it live")
-        if not names & {"kd", "dkd"}:
+        if not names & set(_TEACHER_LOGIT_METHODS):
             raise InvalidArgument("training.teacher_views cache the teacher's logits; these losses use no teacher")
         if spec.dataset.WhichOneof("source") == "webdataset":
             raise InvalidArgument("training.teacher_views need random access to the images; WebDataset shards are streams")

@@ -288,6 +288,9 @@ def test_specialists_refuse_what_would_train_or_time_one_network(tmp_path: Path)
     )
     spec.losses.add(specialists=pb.SpecialistNetworks(specialists=4))
     assert specs.plan(spec, (tmp_path,), cuda_devices=0).methods[0].params["specialists"] == 4
+    spec.training.augmentation = pb.AUGMENTATION_STANDARD  # it reads only the teacher's logits: cached views apply
+    assert specs.plan(spec, (tmp_path,), cuda_devices=0).training.teacher_views > 0
+    spec.training.augmentation = pb.AUGMENTATION_AUTO
     refusals = [
         (lambda s: s.distributed.__setattr__("processes_per_node", 2), "drop distributed"),
         (lambda s: s.student.auto.__setattr__("max_latency_ms", 5), "name student.architecture"),
