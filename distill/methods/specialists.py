@@ -43,9 +43,9 @@ from torch import nn
 
 from distill.data import Normalization, Split
 from distill.loop import CheckpointFn, Progress, ProgressFn, StopFn
-from distill.streaming import WebDatasetShards
 from distill.losses import Loss, Param, Step, WeightedLoss, register
 from distill.methods.kd import KnowledgeDistillation
+from distill.streaming import WebDatasetShards
 
 if TYPE_CHECKING:
     from distill.trainer import TrainConfig  # the trainer imports the method registry, this module included
@@ -172,15 +172,6 @@ def combine(general: torch.Tensor, own: torch.Tensor, dustbin: torch.Tensor, mem
         proposal = own + outside * q[:, None, :] * (dustbin / rest)[..., None]
         q = (general + (called[..., None] * proposal).sum(1)) / voters
     return q
-
-
-def objective(q: torch.Tensor, general: torch.Tensor, own: torch.Tensor, dustbin: torch.Tensor,
-              members: torch.Tensor, called: torch.Tensor) -> torch.Tensor:
-    """The paper's objective per sample (up to the constant entropies): what ``combine`` minimises."""
-    q_own = q[:, None, :] * members  # q seen by each specialist: its classes...
-    q_dustbin = (q[:, None, :] * (1 - members)).sum(2)  # ...and the rest summed
-    specialist = -(own * q_own.clamp_min(1e-30).log()).sum(2) - dustbin * q_dustbin.clamp_min(1e-30).log()
-    return -(general * q.clamp_min(1e-30).log()).sum(1) + (called * specialist).sum(1)
 
 
 @dataclass(frozen=True)
